@@ -1,0 +1,1 @@
+"""The cloud side: subscriber service, larger models, storage, training."""

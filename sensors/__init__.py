@@ -1,0 +1,1 @@
+"""Where audio comes from: files, the microphone, synthetic scenes, and the simulated analog front end."""
