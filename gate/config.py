@@ -1,0 +1,307 @@
+"""The thresholds file: one validated settings tree for every stage.
+
+Built once in ``main()`` and passed down; nothing reads it at import. Precedence, lowest first:
+the defaults below, the YAML file, then ``GATE_SECTION__FIELD=value`` environment variables
+(values parsed as YAML, so ``GATE_ANALOG__CENTRES_HZ='[300, 600]'`` works).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from gate.errors import ConfigError
+from gate.strict import Strict
+from sensors.analog.config import AnalogConfig
+
+ENV_PREFIX = "GATE_"
+ENV_NESTING = "__"
+# GATE_ variables that are not settings (e.g. where the file is), so never taken as overrides.
+ENV_RESERVED = frozenset({"GATE_THRESHOLDS", "GATE_LOG_LEVEL"})
+SCHEMA_VERSION = 1
+
+
+class AudioConfig(Strict):
+    """The digital audio path the gate wakes."""
+
+    sample_rate: Literal[16000] = Field(16000, description="Sample rate of the ADC path and of every model, Hz")
+    frame_ms: float = Field(10.0, ge=1.0, le=100.0, description="Frame size the node works in, ms")
+
+
+class TlsConfig(Strict):
+    """TLS towards the broker."""
+
+    enabled: bool = Field(False, description="Connect with TLS (implied by an mqtts:// broker URL)")
+    ca_file: str | None = Field(None, description="CA certificate that signed the broker's certificate (PEM)")
+    cert_file: str | None = Field(None, description="This node's client certificate (PEM), for mutual TLS")
+    key_file: str | None = Field(None, description="This node's client key (PEM), for mutual TLS")
+
+
+class MqttConfig(Strict):
+    """Transport of segments to the cloud and of verdicts back."""
+
+    broker: str = Field(
+        "embedded", description="'embedded' (a private broker on a free loopback port for this run) "
+                                "or mqtt://host:port / mqtts://host:port")
+    node_id: str = Field("node1", description="This node's id: topics live under <topic_prefix>/<node_id>/")
+    topic_prefix: str = Field("gate", description="First level of every topic")
+    qos: int = Field(1, ge=0, le=2, description="QoS of segment messages (1 = at least once; the cloud dedupes)")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, s")
+    username: str | None = Field(None, description="Broker user name (null = anonymous)")
+    password_file: str | None = Field(None, description="File holding the broker password (kept out of this file)")
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    reconnect_min_s: float = Field(1.0, gt=0.0, le=60.0, description="First reconnect delay; doubles each failure, s")
+    reconnect_max_s: float = Field(60.0, gt=0.0, le=3600.0, description="Longest reconnect delay, s")
+    spool_dir: str = Field("~/.local/state/gate/spool", description="Where segments wait while the broker is away")
+    spool_max_mb: float = Field(64.0, gt=0.0, le=65536.0, description="Spool bound; the oldest segments go first, MB")
+    max_payload_kb: int = Field(1024, ge=16, le=262144, description="Largest segment message accepted, kB")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        if v != "embedded" and not re.fullmatch(r"mqtts?://[^\s:/]+(:\d{1,5})?/?", v):
+            raise ValueError("must be 'embedded' or mqtt://host[:port] or mqtts://host[:port]")
+        return v
+
+    @field_validator("node_id", "topic_prefix")
+    @classmethod
+    def _topic_level(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
+            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-' (no MQTT wildcards or '/')")
+        return v
+
+
+class EnergyConfig(Strict):
+    """How counts are priced."""
+
+    profile: str = Field(
+        "pi4", description="Device profile: a shipped name (pi4, pizero2w, mcu-analog) or a path to a profile YAML")
+    grid_g_co2e_per_kwh: float = Field(
+        475.0, ge=0.0, le=2000.0, description="Grid carbon intensity, gCO2e/kWh (475 = world average, IEA 2019)")
+
+
+class GateSettings(Strict):
+    """Every threshold and knob of gate."""
+
+    version: Literal[1] = Field(SCHEMA_VERSION, description="Schema version of this file")
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    analog: AnalogConfig = Field(default_factory=AnalogConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a settings source, already located."""
+
+    where: str  # "file:line:col" or "env GATE_X"
+    path: str  # dotted field path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.path}: {self.message}" if self.path else f"{self.where}: {self.message}"
+
+
+class SettingsError(ConfigError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def load_settings(path: str | os.PathLike | None = None, *,
+                  env: Mapping[str, str] | None = None) -> GateSettings:
+    """Defaults <- YAML file (optional) <- GATE_ environment overrides, validated as one tree."""
+    data: dict[str, Any] = {}
+    marks: dict[tuple, str] = {}
+    where = "<defaults>"
+    if path is not None:
+        where = str(path)
+        data, marks = _read_yaml(Path(path))
+    env_sources = _apply_env(data, os.environ if env is None else env)
+    try:
+        return GateSettings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(_problems(exc, data, where, marks, env_sources)) from None
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError([Problem(str(path), "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError([Problem(str(path), "", f"cannot read ({exc})")]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SettingsError([Problem(loc, "", f"YAML syntax error: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise SettingsError([Problem(str(path), "", f"YAML error: {exc}")]) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise SettingsError([Problem(f"{path}:1:1", "", f"expected a mapping of sections, got {type(data).__name__}")])
+    marks: dict[tuple, str] = {}
+    _collect_marks(node, (), path, marks)
+    return data, marks
+
+
+def _collect_marks(node: yaml.Node | None, loc: tuple, path: Path, out: dict[tuple, str]) -> None:
+    """Map each key path to 'file:line:col' of its value, so errors point into the file."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*loc, key_node.value)
+            m = key_node.start_mark
+            out[key] = f"{path}:{m.line + 1}:{m.column + 1}"
+            _collect_marks(value_node, key, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            m = item.start_mark
+            out[(*loc, i)] = f"{path}:{m.line + 1}:{m.column + 1}"
+            _collect_marks(item, (*loc, i), path, out)
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple, str]:
+    """Merge GATE_A__B=value into ``data``; returns which key paths came from which variable."""
+    sources: dict[tuple, str] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in ENV_RESERVED:
+            continue
+        parts = tuple(p.lower() for p in name[len(ENV_PREFIX):].split(ENV_NESTING))
+        if not all(parts):
+            raise SettingsError([Problem(f"env {name}", "", "malformed override: use GATE_SECTION__FIELD")])
+        try:
+            value = yaml.safe_load(env[name]) if env[name].strip() else ""
+        except yaml.YAMLError as exc:
+            raise SettingsError([Problem(f"env {name}", ".".join(parts), f"value is not valid YAML ({exc})")]) from None
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if not isinstance(child, dict):
+                child = {}
+                node[p] = child
+            node = child
+        node[parts[-1]] = value
+        sources[parts] = f"env {name}"
+    return sources
+
+
+def _problems(exc: ValidationError, data: dict, where: str, marks: dict[tuple, str],
+              env_sources: dict[tuple, str]) -> list[Problem]:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc)
+        src = _source_of(loc, marks, env_sources) or where
+        out.append(Problem(src, path, _describe(err, loc)))
+    return out
+
+
+def _source_of(loc: tuple, marks: dict[tuple, str], env_sources: dict[tuple, str]) -> str | None:
+    # Model-level validators report the section; the nearest located ancestor is the best pointer.
+    for key, var in env_sources.items():
+        if key[:len(loc)] == loc:
+            return var
+    for n in range(len(loc), 0, -1):
+        key = loc[:n]
+        if key in env_sources:
+            return env_sources[key]
+        if key in marks:
+            return marks[key]
+    return None
+
+
+def _describe(err: dict, loc: tuple) -> str:
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"unknown key '{loc[-1]}'{did_you_mean} (allowed: {', '.join(allowed)})"
+    if kind == "missing":
+        return "required field is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if isinstance(value, (dict, list)):
+        return f"{msg}"
+    return f"got {value!r}: {msg}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = GateSettings
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The commented default file
+
+
+def default_yaml() -> str:
+    """The complete default thresholds file, every field commented from its schema."""
+    header = [
+        "# gate thresholds file: every threshold and knob of every stage.",
+        "# Generated by `gate-node config default`; check an edited copy with `gate-node config check FILE`.",
+        "# Any field can be overridden from the environment: GATE_<SECTION>__<FIELD>=value",
+        "# (e.g. GATE_ANALOG__MARGIN_DB=8, GATE_MQTT__BROKER=mqtt://10.0.0.2:1883).",
+        "",
+    ]
+    return "\n".join(header + _render(GateSettings(), 0)) + "\n"
+
+
+def _render(model: Strict, indent: int) -> list[str]:
+    pad = "  " * indent
+    lines: list[str] = []
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if isinstance(value, Strict):
+            doc = (type(value).__doc__ or "").strip().splitlines()[0]
+            if indent == 0:
+                lines.append("")
+            lines.append(f"{pad}# {doc}")
+            lines.append(f"{pad}{name}:")
+            lines.extend(_render(value, indent + 1))
+            continue
+        lines.append(f"{pad}# {field.description or name}{_constraint_text(field)}")
+        lines.append(f"{pad}{name}: {_scalar(value)}")
+    return lines
+
+
+def _constraint_text(field: Any) -> str:
+    parts = []
+    for meta in field.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            v = getattr(meta, attr, None)
+            if v is not None:
+                parts.append(f"{sym} {v}")
+    choices = getattr(field.annotation, "__args__", None)
+    if getattr(field.annotation, "__origin__", None) is Literal and choices:
+        parts.append("one of " + ", ".join(str(c) for c in choices))
+    return f" [{'; '.join(parts)}]" if parts else ""
+
+
+def _scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
