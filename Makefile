@@ -1,0 +1,40 @@
+# gate: every target sets up what it needs (Debian packages, .venv) and is safe to run again.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.gate-installed
+SYS_STAMP := $(VENV)/.gate-debian
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup sysdeps venv test bench demo clean
+
+setup: sysdeps venv
+
+# Re-checked whenever the package list changes; the script itself is a no-op when all is installed.
+sysdeps: $(SYS_STAMP)
+$(SYS_STAMP): deploy/debian-packages.txt deploy/install-debian-packages.sh
+	bash deploy/install-debian-packages.sh
+	@mkdir -p $(VENV) && touch $@
+
+venv: $(PIP_STAMP)
+$(PIP_STAMP): pyproject.toml | $(SYS_STAMP)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# pytest exits 5 when it collected no test: that is a failure here.
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) bench/run.py --out bench.json
+
+demo: setup
+	@mkdir -p out
+	$(VENV)/bin/gate-node replay datasets/demo/*.flac --report out/demo-report.json
+
+clean:
+	rm -rf $(VENV) out bench.json .pytest_cache build *.egg-info
