@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
 from gate.errors import ConfigError
 from gate.strict import Strict
+from gate.transport.config import MqttConfig
 from sensors.analog.config import AnalogConfig
 
 ENV_PREFIX = "GATE_"
@@ -34,49 +34,6 @@ class AudioConfig(Strict):
 
     sample_rate: Literal[16000] = Field(16000, description="Sample rate of the ADC path and of every model, Hz")
     frame_ms: float = Field(10.0, ge=1.0, le=100.0, description="Frame size the node works in, ms")
-
-
-class TlsConfig(Strict):
-    """TLS towards the broker."""
-
-    enabled: bool = Field(False, description="Connect with TLS (implied by an mqtts:// broker URL)")
-    ca_file: str | None = Field(None, description="CA certificate that signed the broker's certificate (PEM)")
-    cert_file: str | None = Field(None, description="This node's client certificate (PEM), for mutual TLS")
-    key_file: str | None = Field(None, description="This node's client key (PEM), for mutual TLS")
-
-
-class MqttConfig(Strict):
-    """Transport of segments to the cloud and of verdicts back."""
-
-    broker: str = Field(
-        "embedded", description="'embedded' (a private broker on a free loopback port for this run) "
-                                "or mqtt://host:port / mqtts://host:port")
-    node_id: str = Field("node1", description="This node's id: topics live under <topic_prefix>/<node_id>/")
-    topic_prefix: str = Field("gate", description="First level of every topic")
-    qos: int = Field(1, ge=0, le=2, description="QoS of segment messages (1 = at least once; the cloud dedupes)")
-    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, s")
-    username: str | None = Field(None, description="Broker user name (null = anonymous)")
-    password_file: str | None = Field(None, description="File holding the broker password (kept out of this file)")
-    tls: TlsConfig = Field(default_factory=TlsConfig)
-    reconnect_min_s: float = Field(1.0, gt=0.0, le=60.0, description="First reconnect delay; doubles each failure, s")
-    reconnect_max_s: float = Field(60.0, gt=0.0, le=3600.0, description="Longest reconnect delay, s")
-    spool_dir: str = Field("~/.local/state/gate/spool", description="Where segments wait while the broker is away")
-    spool_max_mb: float = Field(64.0, gt=0.0, le=65536.0, description="Spool bound; the oldest segments go first, MB")
-    max_payload_kb: int = Field(1024, ge=16, le=262144, description="Largest segment message accepted, kB")
-
-    @field_validator("broker")
-    @classmethod
-    def _broker_url(cls, v: str) -> str:
-        if v != "embedded" and not re.fullmatch(r"mqtts?://[^\s:/]+(:\d{1,5})?/?", v):
-            raise ValueError("must be 'embedded' or mqtt://host[:port] or mqtts://host[:port]")
-        return v
-
-    @field_validator("node_id", "topic_prefix")
-    @classmethod
-    def _topic_level(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
-            raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-' (no MQTT wildcards or '/')")
-        return v
 
 
 class EnergyConfig(Strict):
