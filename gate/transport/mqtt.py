@@ -1,0 +1,426 @@
+"""The node's MQTT link: the only module in gate that imports paho.
+
+Protocol: MQTT 3.1.1. The ledger's byte arithmetic (gate.energy.wire) is exact for 3.1.1 packets,
+the pure-Python fallback broker speaks only 3.1.1, and mosquitto honours ``$share/`` groups for
+3.1.1 subscribers too, so v5 would add property bytes to every packet and buy nothing we use.
+
+Threads: paho's network loop only turns its callbacks into events on a queue; one worker thread
+owns all state (the in-flight window, the ledger charges, the user's callbacks) and makes every
+``publish`` call. paho runs callbacks while holding its own message lock, so a publish from a
+second thread under a lock of ours could deadlock against it; with one worker that never happens,
+and a PUBACK can never be processed before the worker has recorded the message id it answers.
+
+Segments: every one is written to the :class:`Spool` first. The worker keeps at most ``window`` of
+them in flight (oldest first) and deletes a file only when its PUBACK arrives. After a reconnect
+paho resends what was in flight (DUP), and new segments wait until those are acknowledged, so the
+broker sees the spool in FIFO order. Delivery is at least once; the cloud dedupes on segment id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import ValidationError
+
+from gate import __version__
+from gate.energy import RADIO, EnergyLedger, wire_bytes
+from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OVERHEAD_B
+from gate.errors import GateError
+from gate.transport.broker import parse_broker_url
+from gate.transport.config import MqttConfig, TlsConfig
+from gate.transport.spool import Spool, SpoolEntry
+from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, new_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 16
+
+
+class TransportError(GateError):
+    code = "transport_error"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStats:
+    connected: bool
+    connects: int
+    pending: int  # segments on disk, in flight included
+    pending_bytes: int
+    inflight: int
+    delivered: int  # PUBACKs received for segments
+    resent: int  # segments resent after a reconnect
+    dropped: int  # oldest segments dropped by the spool bound
+    quarantined: int
+    heartbeats_skipped: int  # heartbeats not sent because the broker was away
+    rejected_in: int  # verdict/config messages that failed validation
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    entry: SpoolEntry
+    topic_len: int
+
+
+class MqttTransport:
+    """Segments out through the spool, verdicts and config updates in, status and heartbeats.
+
+    ``on_verdict(Verdict)`` and ``on_config(ConfigUpdate) -> ConfigAck`` run on the transport's
+    worker thread; keep them short. A config callback that raises is answered as a rejection with
+    the exception's text, and the caller's running config is whatever the callback left it.
+    """
+
+    def __init__(self, *, host: str, port: int, node_id: str, spool: Spool,
+                 ledger: EnergyLedger | None = None, topic_prefix: str = "gate", boot_id: str | None = None,
+                 qos: int = 1, keepalive_s: int = 30, username: str | None = None, password: str | None = None,
+                 tls: TlsConfig | None = None, reconnect_min_s: float = 1.0, reconnect_max_s: float = 60.0,
+                 window: int = DEFAULT_WINDOW, client_id: str | None = None, max_payload_bytes: int = 1 << 20,
+                 on_verdict: Callable[[Verdict], None] | None = None,
+                 on_config: Callable[[ConfigUpdate], ConfigAck] | None = None) -> None:
+        if qos not in (1, 2):
+            raise ValueError("segments need QoS >= 1: the spool deletes a segment only on its acknowledgement")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.topics = NodeTopics(node_id, topic_prefix)
+        self.node_id = node_id
+        self.boot_id = boot_id or new_id()
+        self.host, self.port = host, int(port)
+        self.spool = spool
+        self.ledger = ledger
+        self.qos = qos
+        self.keepalive_s = keepalive_s
+        self.window = window
+        self.max_payload_bytes = max_payload_bytes
+        self.on_verdict = on_verdict
+        self.on_config = on_config
+        self._tls_overhead = TLS_RECORD_OVERHEAD_B if tls is not None and tls.enabled else 0
+
+        # Stable per node: the broker keeps the persistent session (subscriptions, queued verdicts) under it.
+        self.client_id = client_id or f"gate-{topic_prefix}-{node_id}"
+        self._client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                   clean_session=False, protocol=paho.MQTTv311)
+        # Room for status and config acks beside the segment window, so paho never queues behind our back.
+        self._client.max_inflight_messages_set(window + 8)
+        self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls is not None and tls.enabled:
+            self._client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
+        self._offline = Status(node_id=node_id, state="offline", boot_id=self.boot_id, version=__version__).to_json()
+        self._client.will_set(self.topics.status, self._offline, qos=1, retain=True)
+        self._client.on_connect = self._paho_connect
+        self._client.on_disconnect = self._paho_disconnect
+        self._client.on_publish = self._paho_publish
+        self._client.on_message = self._paho_message
+        self._client.on_subscribe = self._paho_subscribe
+
+        self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._sub_mid: int | None = None
+        self._changed = threading.Condition()
+        # Owned by the worker thread.
+        self._inflight: dict[int, _InFlight] = {}
+        self._hold_until_resent = False
+        self._n = dict(connects=0, delivered=0, resent=0, heartbeats_skipped=0, rejected_in=0)
+
+    @classmethod
+    def from_config(cls, cfg: MqttConfig, *, host: str | None = None, port: int | None = None,
+                    ledger: EnergyLedger | None = None, spool: Spool | None = None, **kw) -> MqttTransport:
+        """``host``/``port`` default to ``cfg.broker``; pass them for an embedded broker (broker_endpoint)."""
+        if host is None or port is None:
+            if cfg.broker == "embedded":
+                raise TransportError("mqtt.broker is 'embedded': start it (broker_endpoint) and pass host and port",
+                                     code="transport_state")
+            url = parse_broker_url(cfg.broker)
+            host, port = url.host, url.port
+        password = None
+        if cfg.password_file:
+            try:
+                password = Path(cfg.password_file).expanduser().read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise TransportError(f"mqtt.password_file: cannot read {cfg.password_file} ({exc})",
+                                     code="mqtt_password_file") from None
+        tls = cfg.tls
+        if cfg.broker.startswith("mqtts://") and not tls.enabled:
+            tls = tls.model_copy(update={"enabled": True})
+        return cls(host=host, port=port, node_id=cfg.node_id, topic_prefix=cfg.topic_prefix,
+                   spool=spool or Spool.from_config(cfg), ledger=ledger, qos=max(cfg.qos, 1),
+                   keepalive_s=cfg.keepalive_s, username=cfg.username, password=password, tls=tls,
+                   reconnect_min_s=cfg.reconnect_min_s, reconnect_max_s=cfg.reconnect_max_s,
+                   max_payload_bytes=cfg.max_payload_kb * 1024, **kw)
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; segments published before the broker answers wait in the spool."""
+        if self._worker is not None:
+            raise TransportError("transport already started", code="transport_state")
+        self._worker = threading.Thread(target=self._run, name=f"gate-mqtt-{self.node_id}", daemon=True)
+        self._worker.start()
+        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Connected and the broker has acknowledged the verdict and config subscriptions."""
+        return self._subscribed.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def publish_segment(self, payload: bytes, *, segment_id: str) -> SpoolEntry:
+        """Spool ``payload`` durably, then send it when the window and the broker allow."""
+        if len(payload) > self.max_payload_bytes:
+            # The cloud would refuse it after paying for the radio: refuse it here, before.
+            raise TransportError(f"segment {segment_id} is {len(payload)} B, over the {self.max_payload_bytes} B "
+                                 "limit (mqtt.max_payload_kb)", code="transport_too_large")
+        entry = self.spool.put(payload, key=segment_id)
+        self._events.put(("spooled",))
+        return entry
+
+    def publish_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """Best effort (QoS 0, never spooled): only the latest heartbeat matters."""
+        self._events.put(("heartbeat", heartbeat.to_json()))
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every spooled segment is acknowledged; False on timeout (they stay on disk)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.spool) == 0, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Flush for at most ``timeout`` s, say "offline", disconnect. Unsent segments stay spooled."""
+        if self._worker is None:
+            return
+        if self.connected and not self.flush(timeout):
+            log.warning("close: %d segments still spooled after %.1f s; they go at the next start",
+                        len(self.spool), timeout)
+        done = threading.Event()
+        self._events.put(("stop", done))
+        done.wait(timeout)
+        self._worker.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._worker = None
+        self._connected.clear()
+
+    def stats(self) -> TransportStats:
+        s = self.spool.stats()
+        return TransportStats(connected=self.connected, pending=s.pending, pending_bytes=s.pending_bytes,
+                              inflight=len(self._inflight), dropped=s.dropped, quarantined=s.quarantined, **self._n)
+
+    def __enter__(self) -> MqttTransport:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- paho callbacks (network thread): translate to events only ----------------------------
+
+    def _paho_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        self._events.put(("connected", bool(flags.session_present)))
+
+    def _paho_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        self._subscribed.clear()
+        self._events.put(("disconnected", str(reason_code)))
+
+    def _paho_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._events.put(("acked", mid))
+
+    def _paho_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._events.put(("suback", mid, [str(rc) for rc in reason_codes if rc.is_failure]))
+
+    def _paho_message(self, client, userdata, message) -> None:
+        self._events.put(("message", message.topic, bytes(message.payload), message.qos))
+
+    # -- worker ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            event = self._events.get()
+            if event[0] == "stop":
+                self._say_offline()
+                event[1].set()
+                return
+            try:
+                getattr(self, f"_on_{event[0]}")(*event[1:])
+            except Exception:  # the worker must outlive any single bad event
+                log.exception("mqtt worker: %s event failed", event[0])
+            with self._changed:
+                self._changed.notify_all()
+
+    def _on_connected(self, session_present: bool) -> None:
+        self._n["connects"] += 1
+        log.info("connected to %s:%d (session present: %s, %d in flight, %d spooled)",
+                 self.host, self.port, session_present, len(self._inflight), len(self.spool))
+        # paho resends what was in flight, with DUP set: that traffic goes on the ledger too.
+        for f in self._inflight.values():
+            self._charge(self._publish_only_b(f.entry.nbytes, f.topic_len), messages=1)
+        self._n["resent"] += len(self._inflight)
+        self._hold_until_resent = bool(self._inflight)
+        online = Status(node_id=self.node_id, state="online", boot_id=self.boot_id, version=__version__).to_json()
+        self._send(self.topics.status, online, qos=1, retain=True)
+        # Persistent session: the broker may still hold these, but after a broker restart without
+        # persistence it does not, and a repeated SUBSCRIBE is harmless.
+        _, self._sub_mid = self._client.subscribe([(self.topics.verdict, 1), (self.topics.config, 1)])
+        self._connected.set()
+        self._drain()
+
+    def _on_disconnected(self, reason: str) -> None:
+        # Cleared here as well: a "connected" event queued before this one has just set them again.
+        self._connected.clear()
+        self._subscribed.clear()
+        log.warning("disconnected from %s:%d (%s); %d in flight, %d spooled", self.host, self.port, reason,
+                    len(self._inflight), len(self.spool))
+
+    def _on_suback(self, mid: int, failures: list[str]) -> None:
+        if mid != self._sub_mid:
+            return
+        if failures:
+            log.error("broker refused the verdict/config subscriptions (%s): no verdicts will arrive",
+                      ", ".join(failures))
+            return
+        self._subscribed.set()
+
+    def _on_spooled(self) -> None:
+        self._drain()
+
+    def _on_acked(self, mid: int) -> None:
+        f = self._inflight.pop(mid, None)
+        if f is None:
+            return  # status or config ack: charged when sent
+        self.spool.ack(f.entry.seq)
+        self._n["delivered"] += 1
+        self._charge(self._wire_b(f.entry.nbytes, f.topic_len, self.qos), messages=1)
+        if not self._inflight:
+            self._hold_until_resent = False
+        self._drain()
+
+    def _on_heartbeat(self, payload: bytes) -> None:
+        if not self.connected:
+            self._n["heartbeats_skipped"] += 1
+            return
+        self._send(self.topics.heartbeat, payload, qos=0)
+
+    def _on_message(self, topic: str, payload: bytes, qos: int) -> None:
+        self._charge(self._wire_b(len(payload), len(topic.encode()), qos), messages=1)
+        if topic == self.topics.verdict:
+            self._handle_verdict(payload)
+        elif topic == self.topics.config:
+            self._handle_config(payload)
+
+    def _drain(self) -> None:
+        if not self.connected or self._hold_until_resent:
+            return
+        room = self.window - len(self._inflight)
+        if room <= 0:
+            return
+        busy = {f.entry.seq for f in self._inflight.values()}
+        topic = self.topics.segments
+        for entry in self.spool.pending(limit=len(busy) + room):
+            if entry.seq in busy:
+                continue
+            payload = self.spool.read(entry)
+            if payload is None:
+                continue
+            info = self._client.publish(topic, payload, qos=self.qos)
+            # NO_CONN: paho keeps a QoS>0 message and sends it on reconnect, so it is in flight all the same.
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+                log.warning("publish of segment %s refused by the client (rc %s); retried later", entry.key, info.rc)
+                return
+            self._inflight[info.mid] = _InFlight(entry, len(topic.encode()))
+
+    def _handle_verdict(self, payload: bytes) -> None:
+        try:
+            verdict = Verdict.model_validate_json(payload)
+        except ValidationError as exc:
+            self._n["rejected_in"] += 1
+            log.warning("ignored a malformed verdict: %s", _first_error(exc))
+            return
+        if verdict.node_id != self.node_id:
+            self._n["rejected_in"] += 1
+            log.warning("ignored a verdict addressed to node %r", verdict.node_id)
+            return
+        if self.on_verdict is not None:
+            try:
+                self.on_verdict(verdict)
+            except Exception:
+                log.exception("on_verdict callback failed for segment %s", verdict.segment_id)
+
+    def _handle_config(self, payload: bytes) -> None:
+        try:
+            update = ConfigUpdate.model_validate_json(payload)
+        except ValidationError as exc:
+            self._n["rejected_in"] += 1
+            ack = ConfigAck(request_id=_request_id(payload), node_id=self.node_id, accepted=False,
+                            reason=f"malformed update: {_first_error(exc)}")
+        else:
+            if self.on_config is None:
+                ack = ConfigAck(request_id=update.request_id, node_id=self.node_id, accepted=False,
+                                reason="remote configuration is disabled on this node")
+            else:
+                try:
+                    ack = self.on_config(update)
+                except Exception as exc:
+                    ack = ConfigAck(request_id=update.request_id, node_id=self.node_id, accepted=False,
+                                    reason=str(exc)[:1000] or type(exc).__name__)
+        self._send(self.topics.config_ack, ack.to_json(), qos=1)
+
+    def _say_offline(self) -> None:
+        if not self.connected:
+            return
+        # A clean DISCONNECT suppresses the will, so the retained status is set by hand.
+        info = self._send(self.topics.status, self._offline, qos=1, retain=True)
+        try:
+            info.wait_for_publish(timeout=2.0)
+        except (RuntimeError, ValueError):
+            pass
+
+    def _send(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> paho.MQTTMessageInfo:
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        self._charge(self._wire_b(len(payload), len(topic.encode()), qos), messages=1)
+        return info
+
+    # -- bytes on the wire --------------------------------------------------------------------
+
+    def _wire_b(self, nbytes: int, topic_len: int, qos: int) -> int:
+        return wire_bytes(nbytes, topic_len=topic_len, qos=qos, tls_record_overhead=self._tls_overhead)
+
+    def _publish_only_b(self, nbytes: int, topic_len: int) -> int:
+        ack = MQTT_ACK_PACKET_B + TCP_IPV4_HEADER_B + self._tls_overhead
+        return self._wire_b(nbytes, topic_len, self.qos) - ack
+
+    def _charge(self, nbytes: int, *, messages: int) -> None:
+        if self.ledger is not None and nbytes:
+            self.ledger.charge(RADIO, invocations=messages, nbytes=nbytes)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
+def _request_id(payload: bytes) -> str | None:
+    try:
+        rid = json.loads(payload).get("request_id")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return rid if isinstance(rid, str) and 0 < len(rid) <= 64 else None
