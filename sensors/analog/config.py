@@ -56,7 +56,9 @@ class AnalogConfig(Strict):
     floor_tau_ms: float = Field(
         200.0, ge=10.0, le=5000.0, description="Smoothing of the envelope seen by the noise-floor tracker, ms")
     floor_rise_db_per_s: float = Field(
-        1.5, gt=0.0, le=60.0, description="How fast the noise floor may climb (it falls at once to a quieter level), dB/s")
+        3.0, gt=0.0, le=60.0,
+        description="How fast the noise floor may climb (it falls at once to a quieter level), dB/s; a steady "
+                    "source that switches on S dB above the old floor holds the gate open about S/rate seconds")
     abs_floor_dbfs: float = Field(
         -70.0, ge=-120.0, le=-20.0, description="Circuit noise floor: envelopes never read below this, dBFS")
     margin_db: float = Field(6.0, ge=0.0, le=40.0, description="Comparator threshold above the noise floor, dB")
@@ -64,14 +66,21 @@ class AnalogConfig(Strict):
         2.0, ge=0.0, le=20.0, description="Comparator hysteresis: on at margin+h/2, off at margin-h/2, dB")
     min_open_s: float = Field(
         0.02, ge=0.0, le=1.0, description="The decision must hold this long before the gate opens (debounce), s")
-    hangover_s: float = Field(0.3, ge=0.0, le=5.0, description="The gate stays open this long after the decision drops, s")
+    hangover_s: float = Field(
+        0.3, ge=0.0, le=5.0, description="The gate stays open this long after the decision drops, s")
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     nonideal: NonIdealConfig = Field(default_factory=NonIdealConfig)
 
     @model_validator(mode="after")
-    def _coherent(self) -> "AnalogConfig":
+    def _coherent(self) -> AnalogConfig:
         if self.centres_hz is None and self.f_high_hz <= self.f_low_hz:
             raise ValueError(f"f_high_hz ({self.f_high_hz}) must be above f_low_hz ({self.f_low_hz})")
+        if self.centres_hz is not None:
+            c = self.centres_hz
+            if not 2 <= len(c) <= 32:
+                raise ValueError(f"centres_hz needs 2 to 32 channels, got {len(c)}")
+            if c[0] <= 20.0 or any(b <= a for a, b in zip(c, c[1:], strict=False)):
+                raise ValueError(f"centres_hz must be above 20 Hz and strictly increasing, got {c}")
         if self.filter_order % 2:
             raise ValueError(f"filter_order must be even (a band-pass has pole pairs), got {self.filter_order}")
         n = self.channel_count
@@ -79,6 +88,12 @@ class AnalogConfig(Strict):
             raise ValueError(f"decision.k ({self.decision.k}) exceeds the number of channels ({n})")
         if self.decision.weights is not None and len(self.decision.weights) != n:
             raise ValueError(f"decision.weights has {len(self.decision.weights)} entries for {n} channels")
+        if self.decision.rule == "weighted":
+            w = self.decision.weights if self.decision.weights is not None else [1.0] * n
+            reachable = sum(x for x in w if x > 0)
+            if self.decision.threshold > reachable:
+                raise ValueError(f"decision.threshold ({self.decision.threshold}) exceeds the largest reachable "
+                                 f"weighted sum ({reachable}): the gate could never open")
         return self
 
     @property
