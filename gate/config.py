@@ -18,6 +18,9 @@ import yaml
 from pydantic import Field, ValidationError
 
 from gate.errors import ConfigError
+from gate.kws.config import KwsConfig
+from gate.node import NodeConfig
+from gate.segmenter import SegmenterConfig
 from gate.strict import Strict
 from gate.transport.config import MqttConfig
 from sensors.analog.config import AnalogConfig
@@ -51,7 +54,10 @@ class GateSettings(Strict):
     version: Literal[1] = Field(SCHEMA_VERSION, description="Schema version of this file")
     audio: AudioConfig = Field(default_factory=AudioConfig)
     analog: AnalogConfig = Field(default_factory=AnalogConfig)
+    kws: KwsConfig = Field(default_factory=KwsConfig)
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    node: NodeConfig = Field(default_factory=NodeConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
 
 

@@ -22,10 +22,13 @@ REPORT_SCHEMA = "gate.replay/1"
 
 
 def build_report(*, results: Sequence[Any], failed: list[dict], settings: Any, model: EnergyModel,
-                 stages_run: Sequence[str]) -> dict:
+                 stages_run: Sequence[str], extra_counts: LedgerSnapshot | None = None) -> dict:
+    """``extra_counts``: charges not tied to one file (a live transport's radio), added to the totals."""
     counts = LedgerSnapshot()
     for r in results:
         counts = counts.add(r.counts)
+    if extra_counts is not None:
+        counts = counts.add(LedgerSnapshot(stages=dict(extra_counts.stages)))
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "generated_by": f"gate {__version__}",
@@ -37,9 +40,13 @@ def build_report(*, results: Sequence[Any], failed: list[dict], settings: Any, m
             {"path": r.path, "audio_seconds": r.audio_seconds,
              "gate_open_intervals": [[round(a, 6), round(b, 6)] for a, b in r.intervals],
              "n_opens": len(r.intervals),
-             "duty_cycle": _ratio(sum(b - a for a, b in r.intervals), r.audio_seconds)}
+             "duty_cycle": _ratio(sum(b - a for a, b in r.intervals), r.audio_seconds),
+             "n_detections": len(getattr(r, "detections", ())),
+             **getattr(r, "extra", {})}
             for r in results
         ],
+        # One row per published segment: where it was cut, the KWS score, the cloud's verdict if any.
+        "detections": [d for r in results for d in getattr(r, "detections", ())],
         "gate_open_intervals": [
             {"path": r.path, "start_s": round(a, 6), "end_s": round(b, 6)} for r in results for a, b in r.intervals
         ],
@@ -73,6 +80,32 @@ def reprice(report: dict, model: EnergyModel) -> dict:
     saved["host_share_of_cascade_pct"] = 100.0 * _ratio(cascade.host_j, cascade.total_j)
     out["savings"] = saved
     return out
+
+
+def score_detections(detections: Sequence[dict], labels: dict[str, list], *, late_s: float = 1.0) -> dict:
+    """Detections against labelled wake words: a hit fires inside [start_s, end_s + late_s] of one.
+
+    ``labels`` maps a replayed path to its sensors.scenario labels. Each wake word is hit at most
+    once; a detection that matches none is a false accept.
+    """
+    keywords = hits = false_accepts = 0
+    hours = 0.0
+    for path, spans in labels.items():
+        targets = [s for s in spans if s.label == "wake"]  # a wake_command event labels its wake word too
+        keywords += len(targets)
+        if spans:
+            hours += max(s.end_s for s in spans) / 3600.0
+        used: set[int] = set()
+        for d in (d for d in detections if d["path"] == path):
+            match = next((i for i, s in enumerate(targets)
+                          if i not in used and s.start_s <= d["detect_s"] <= s.end_s + late_s), None)
+            if match is None:
+                false_accepts += 1
+            else:
+                used.add(match)
+                hits += 1
+    return {"keywords": keywords, "hits": hits, "misses": keywords - hits, "false_accepts": false_accepts,
+            "recall": _ratio(hits, keywords), "late_s": late_s}
 
 
 def _stage_table(counts: LedgerSnapshot, priced: EnergyBreakdown) -> dict[str, dict]:
@@ -144,6 +177,16 @@ def summary_text(report: dict) -> str:
                  f"{_fmt_pct(sav['bytes_pct'])} of bytes")
     lines.append(f"CO2e: cascade {tot['co2e_g']:.3g} g vs always-stream {stream['co2e_g']:.3g} g "
                  f"at {report['grid_g_co2e_per_kwh']:g} g/kWh")
+    dets = report.get("detections", [])
+    if report.get("kws", {}).get("available") is False:
+        lines.append(f"KWS not run: {report['kws']['reason']}")
+    else:
+        accepted = sum(1 for d in dets if (d.get("verdict") or {}).get("accepted"))
+        lines.append(f"detections: {len(dets)} segment(s) published"
+                     + (f", {accepted} accepted by the cloud" if any(d.get("verdict") for d in dets) else ""))
+    if "scenario" in report:
+        sc = report["scenario"]
+        lines.append(f"scenario: {sc['hits']}/{sc['keywords']} wake words found, {sc['false_accepts']} false accept(s)")
     if report["failed_inputs"]:
         lines.append(f"{len(report['failed_inputs'])} file(s) skipped (see stderr and failed_inputs in the report)")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,336 @@
+"""`gate-node run`: the live node's loop around the cascade.
+
+Threads: PortAudio's callback only queues blocks (sensors.microphone); this loop, on the main
+thread, runs the cascade; the transport's worker publishes. Signals only set flags: SIGINT and
+SIGTERM stop the loop (the segment being collected is cut at the last sample heard, then the spool
+is flushed for at most ``node.flush_timeout_s``); SIGHUP re-reads the thresholds file and applies
+it between segments, and an invalid file is logged and the running settings kept.
+
+Heartbeats are paced on the audio clock: a node whose microphone has stalled stops sending them,
+which is exactly what the cloud should see.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import Field
+
+from gate.strict import Strict
+
+log = logging.getLogger(__name__)
+
+
+class NodeConfig(Strict):
+    """The live node: which microphone, how it is read, and how often the node reports."""
+
+    device: int | str | None = Field(
+        None, description="Input device: PortAudio index or part of its name (e.g. 'pulse'); null = default input")
+    channels: int = Field(1, ge=1, le=32, description="Channels to capture; more than one are averaged to mono")
+    samplerate: int | None = Field(
+        None, ge=8000, le=192000,
+        description="Capture rate, Hz; null = 16000 if the device supports it, else its default rate (resampled)")
+    blocksize_ms: float = Field(20.0, ge=2.0, le=500.0, description="PortAudio block, ms of audio per callback")
+    queue_s: float = Field(
+        2.0, ge=0.1, le=60.0, description="Audio the capture queue holds before blocks are dropped (and counted), s")
+    batch_ms: float = Field(
+        100.0, ge=0.0, le=1000.0,
+        description="Audio gathered before each cascade call, ms: the front end costs about the same per call "
+                    "whatever its size, so batching cuts CPU; adds at most this much latency")
+    heartbeat_s: float = Field(30.0, ge=1.0, le=3600.0, description="Heartbeat period on the audio clock, s")
+    flush_timeout_s: float = Field(
+        5.0, ge=0.0, le=300.0, description="On stop, how long to wait for spooled segments to be acknowledged, s")
+
+
+class Source(Protocol):
+    def read(self, timeout: float | None = None) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class EndOfStream(Exception):
+    """A finite source (a file fed as if it were the microphone) has nothing more."""
+
+
+class PacedSource:
+    """Audio fed like a microphone: blocks of ``block_ms``, paced to real time unless ``realtime`` is off."""
+
+    def __init__(self, audio: np.ndarray, *, block_ms: float = 20.0, realtime: bool = True,
+                 sample_rate: int = 16_000) -> None:
+        self._x = np.asarray(audio, np.int16)
+        self._block = max(1, int(round(block_ms * sample_rate / 1000)))
+        self._rate = sample_rate
+        self._realtime = realtime
+        self._pos = 0
+        self._t0: float | None = None
+        self.started_unix: float | None = None  # wall time of sample 0 once pacing began (latency metrics)
+
+    def read(self, timeout: float | None = None) -> np.ndarray | None:
+        if self._pos >= self._x.size:
+            raise EndOfStream
+        if self._realtime:
+            if self._t0 is None:
+                self._t0 = time.monotonic()
+                self.started_unix = time.time()
+            due = self._t0 + (self._pos + self._block) / self._rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                if timeout is not None and wait > timeout:
+                    time.sleep(timeout)
+                    return None
+                time.sleep(wait)
+        block = self._x[self._pos:self._pos + self._block]
+        self._pos += block.size
+        return block
+
+    def close(self) -> None:
+        pass
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, sample_rate: int = 16_000, **kw) -> PacedSource:
+        from sensors.wavfile import read_audio
+
+        return cls(read_audio(path, target_rate=sample_rate), sample_rate=sample_rate, **kw)
+
+
+@dataclass(slots=True)
+class NodeStats:
+    blocks: int = 0
+    segments: int = 0
+    verdicts: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    heartbeats: int = 0
+
+
+class Node:
+    """Source -> Cascade -> transport, with heartbeats, live reloads and a bounded, clean stop."""
+
+    def __init__(self, *, settings: Any, cascade: Any, source: Source, transport: Any | None,
+                 config_path: str | None = None, load: Callable[[str | None], Any] | None = None) -> None:
+        self.settings = settings
+        self.cascade = cascade
+        self.source = source
+        self.transport = transport
+        self.config_path = config_path
+        self._load = load
+        self.stop_event = threading.Event()
+        self._reload_requested = threading.Event()
+        self._pending_settings: Any | None = None
+        self._next_heartbeat_s = settings.node.heartbeat_s
+        self._batch = int(settings.node.batch_ms * settings.audio.sample_rate / 1000)
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._hb_seq = 0
+        self._lost = (0, 0)
+        self.stats = NodeStats()
+
+    # -- control (signal handlers and other threads) ---------------------------------------------
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        """Main thread only. Handlers set flags; the loop acts on them between blocks."""
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    # -- loop -------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        log.info("node %s running (boot %s)", self.cascade.encoder.node_id, self.cascade.encoder.boot_id)
+        try:
+            while not self.stop_event.is_set():
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self._reload()
+                if self._pending_settings is not None and not self.cascade.segmenter.collecting:
+                    self._apply(self._pending_settings)
+                try:
+                    block = self.source.read(timeout=0.2)
+                except EndOfStream:
+                    log.info("input ended")
+                    break
+                if block is None or not block.size:
+                    continue
+                self.stats.blocks += 1
+                self._pending.append(block)
+                self._pending_n += block.size
+                if self._pending_n >= self._batch:
+                    self._process_pending()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _process_pending(self) -> None:
+        if not self._pending:
+            return
+        x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        self._pending.clear()
+        self._pending_n = 0
+        self._handle(self.cascade.process(x))
+        if self.cascade.t_s >= self._next_heartbeat_s:
+            self._heartbeat()
+
+    def _handle(self, out: Any) -> None:
+        for ev in out.events:
+            log.debug("gate %s at %.2f s", ev.kind, ev.t_s)
+        for p in out.segments:
+            s = p.segment
+            self.stats.segments += 1
+            log.info("segment %s: %.2f-%.2f s, detected at %.2f s (score %.2f), %d B %s",
+                     p.encoded.segment_id, s.t_start_s, s.t_end_s, s.t_detect_s, s.score,
+                     len(p.encoded.payload), self.cascade.encoder.codec)
+
+    def _heartbeat(self) -> None:
+        from gate.wire import Heartbeat
+
+        hb_s = self.settings.node.heartbeat_s
+        while self._next_heartbeat_s <= self.cascade.t_s:
+            self._next_heartbeat_s += hb_s
+        self._check_capture()
+        if self.transport is None:
+            return
+        st = self.transport.stats()
+        hb = Heartbeat(node_id=self.cascade.encoder.node_id, boot_id=self.cascade.encoder.boot_id,
+                       seq=self._hb_seq, audio_s=self.cascade.t_s, ledger=self.cascade.ledger.snapshot().to_dict(),
+                       spool_pending=st.pending, spool_dropped=st.dropped, sent_unix=time.time())
+        self._hb_seq += 1
+        self.stats.heartbeats += 1
+        self.transport.publish_heartbeat(hb)
+
+    def _check_capture(self) -> None:
+        """Say so when the driver or this loop lost audio since the last heartbeat: timestamps slip then."""
+        stats = getattr(self.source, "stats", None)
+        if stats is None:
+            return
+        st = stats()
+        lost = (st.overruns, st.dropped_blocks)
+        if lost != self._lost:
+            log.warning("audio lost: %d driver overrun(s), %d block(s) dropped by a slow loop (%d samples) so far",
+                        st.overruns, st.dropped_blocks, st.dropped_samples)
+            self._lost = lost
+
+    def _reload(self) -> None:
+        from gate.config import SettingsError
+
+        if self._load is None:
+            log.warning("SIGHUP: no thresholds file to reload")
+            return
+        try:
+            new = self._load(self.config_path)
+        except SettingsError as exc:
+            self.stats.reload_failures += 1
+            log.error("SIGHUP: %s is invalid; keeping the running settings:\n%s", self.config_path, exc)
+            return
+        restart_only = [name for name in ("audio", "mqtt", "node", "energy")
+                        if getattr(new, name) != getattr(self.settings, name)]
+        if restart_only:
+            log.warning("SIGHUP: changes to %s take effect at the next start", ", ".join(restart_only))
+        self._pending_settings = new
+
+    def _apply(self, new: Any) -> None:
+        self._pending_settings = None
+        try:
+            self.cascade.reconfigure(new)
+        except Exception as exc:  # a model that does not load, a rate that does not fit: keep running
+            self.stats.reload_failures += 1
+            log.error("SIGHUP: cannot apply %s (%s); keeping the running settings", self.config_path, exc)
+            return
+        self.settings = new.model_copy(update={k: getattr(self.settings, k)
+                                               for k in ("audio", "mqtt", "node", "energy")})
+        self.stats.reloads += 1
+        log.info("SIGHUP: thresholds reloaded from %s", self.config_path)
+
+    def _shutdown(self) -> None:
+        try:
+            self._process_pending()
+            self._handle(self.cascade.flush())
+        finally:
+            self.source.close()
+            if self.transport is not None:
+                timeout = self.settings.node.flush_timeout_s
+                self.transport.close(timeout=timeout)
+                st = self.transport.stats()
+                if st.pending:
+                    log.warning("%d segment(s) still spooled at exit; they are sent at the next start", st.pending)
+            log.info("node stopped: %d blocks, %d segments", self.stats.blocks, self.stats.segments)
+
+
+def run_node(*, settings: Any, config_path: str | None, input_file: str | None = None,
+             realtime: bool = True, broker: str | None = None, install_signals: bool = True,
+             source: Source | None = None) -> int:
+    """Build the microphone (or a paced file, or use ``source``), the transport and the cascade; run until stopped."""
+    from contextlib import ExitStack
+
+    from gate.cascade import Cascade
+    from gate.config import load_settings
+    from gate.energy import ANALOG_GATE, EnergyLedger
+    from gate.wire import new_id
+
+    boot_id = new_id()
+    ledger = EnergyLedger(always_on=(ANALOG_GATE,))
+    with ExitStack() as stack:
+        transport = open_transport(settings, ledger=ledger, boot_id=boot_id, broker=broker, stack=stack)
+        cascade = Cascade.from_config(settings, ledger=ledger, publisher=transport, boot_id=boot_id,
+                                      wall_clock=time.time)
+        if source is not None:
+            pass
+        elif input_file is not None:
+            source = PacedSource.from_file(input_file, block_ms=settings.node.blocksize_ms, realtime=realtime,
+                                           sample_rate=settings.audio.sample_rate)
+        else:
+            from sensors.microphone import Microphone
+
+            n = settings.node
+            source = Microphone(device=n.device, channels=n.channels, samplerate=n.samplerate,
+                                blocksize_ms=n.blocksize_ms, queue_s=n.queue_s,
+                                target_rate=settings.audio.sample_rate)
+            source.start()
+        node = Node(settings=settings, cascade=cascade, source=source, transport=transport,
+                    config_path=config_path, load=lambda p: load_settings(p))
+        if install_signals and threading.current_thread() is threading.main_thread():
+            node.install_signal_handlers()
+        transport.start()
+        rc = node.run()
+        if hasattr(source, "stats"):
+            st = source.stats()
+            log.info("microphone %s at %d Hz: %d blocks, %d overruns, %d blocks dropped",
+                     st.device, st.device_rate, st.blocks, st.overruns, st.dropped_blocks)
+        return rc
+
+
+def open_transport(settings: Any, *, ledger: Any, boot_id: str | None, broker: str | None, stack: Any,
+                   on_verdict: Callable[[Any], None] | None = None, spool: Any | None = None) -> Any:
+    """The MQTT transport for ``broker`` (default ``mqtt.broker``); 'embedded' starts a private broker."""
+    from gate.transport.broker import EmbeddedBroker, parse_broker_url
+    from gate.transport.mqtt import MqttTransport
+
+    url = broker or settings.mqtt.broker
+    if url == "embedded":
+        b = stack.enter_context(EmbeddedBroker())
+        host, port = b.host, b.port
+        log.info("embedded broker at %s", b.url)
+    else:
+        parsed = parse_broker_url(url)
+        host, port = parsed.host, parsed.port
+    return MqttTransport.from_config(settings.mqtt, host=host, port=port, ledger=ledger, boot_id=boot_id,
+                                     spool=spool, on_verdict=on_verdict or _log_verdict)
+
+
+def _log_verdict(verdict: Any) -> None:
+    log.info("verdict for %s: %s%s", verdict.segment_id, "accepted" if verdict.accepted else "rejected",
+             f", command {verdict.command}" if verdict.command else "")
