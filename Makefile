@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.gate-installed
 SYS_STAMP := $(VENV)/.gate-debian
 export OMP_NUM_THREADS ?= 1
+# Everything the test suite exercises: node, cloud service, PostgreSQL store, training.
+EXTRAS ?= dev,node,cloud,postgres,train
 
 .PHONY: setup sysdeps venv test bench demo clean
 
@@ -21,7 +23,7 @@ venv: $(PIP_STAMP)
 $(PIP_STAMP): pyproject.toml | $(SYS_STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 # pytest exits 5 when it collected no test: that is a failure here.
