@@ -56,7 +56,7 @@ class Mosquitto:
             f"persistence {'true' if self.persistence else 'false'}\npersistence_location {self.workdir}/\n"
             # Save after every change, so a SIGKILL loses as little as mosquitto allows (fault tests).
             "autosave_on_changes true\nautosave_interval 1\n"
-            "max_queued_messages 100000\nlog_dest stdout\n")
+            "max_queued_messages 100000\nset_tcp_nodelay true\nlog_dest stdout\n")
         with open(self.workdir / "mosquitto.log", "ab") as log:
             self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from cloud.metrics import ServiceMetrics
 from cloud.serve_config import CloudConfig
 from gate.errors import ConfigError
 from gate.transport.broker import parse_broker_url
+from gate.transport.netutil import set_no_delay
 from gate.wire import SEGMENTS, shared_subscription
 
 log = logging.getLogger(__name__)
@@ -194,11 +194,4 @@ class BrokerClient:
 
 
 def _no_delay(client: paho.Client) -> None:
-    # paho leaves Nagle on: each verdict PUBLISH and segment PUBACK is a small write that would wait
-    # for the broker's delayed ACK (~40 ms on Linux) before leaving.
-    sock = client.socket()
-    try:
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
+    set_no_delay(client.socket())

@@ -246,6 +246,8 @@ def _mosquitto_conf(host: str, port: int, workdir: Path, persistence: bool) -> s
         *(["autosave_on_changes true", "autosave_interval 1"] if persistence else []),
         # Segments wait in the broker for a slow cloud; the default of 1000 queued messages is too few for a replay.
         "max_queued_messages 100000",
+        # Nagle on the broker side delays each small PUBACK/verdict by a delayed-ACK period (~40 ms).
+        "set_tcp_nodelay true",
         "log_dest stdout",
         "log_type error",
         "log_type warning",

@@ -26,7 +26,8 @@ class MqttConfig(Strict):
                                 "or mqtt://host:port / mqtts://host:port")
     node_id: str = Field("node1", description="This node's id: topics live under <topic_prefix>/<node_id>/")
     topic_prefix: str = Field("gate", description="First level of every topic")
-    qos: int = Field(1, ge=1, le=2, description="QoS of segment messages (at least once: the spool and the cloud's dedupe rely on it)")
+    qos: int = Field(1, ge=1, le=2, description="QoS of segment messages (at least once: the spool and the "
+                                                "cloud's dedupe rely on it)")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, s")
     username: str | None = Field(None, description="Broker user name (null = anonymous)")
     password_file: str | None = Field(None, description="File holding the broker password (kept out of this file)")

@@ -36,6 +36,7 @@ from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OV
 from gate.errors import GateError
 from gate.transport.broker import parse_broker_url
 from gate.transport.config import MqttConfig, TlsConfig
+from gate.transport.netutil import set_no_delay
 from gate.transport.spool import Spool, SpoolEntry
 from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, new_id
 
@@ -233,6 +234,7 @@ class MqttTransport:
         if reason_code.is_failure:
             log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
+        set_no_delay(client.socket())
         self._events.put(("connected", bool(flags.session_present)))
 
     def _paho_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
