@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
+from cloud.serve_config import CloudConfig
 from gate.errors import ConfigError
 from gate.kws.config import KwsConfig
 from gate.node import NodeConfig
@@ -59,6 +60,7 @@ class GateSettings(Strict):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     node: NodeConfig = Field(default_factory=NodeConfig)
     energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    cloud: CloudConfig = Field(default_factory=CloudConfig)
 
 
 # ---------------------------------------------------------------------------------------------
