@@ -273,7 +273,7 @@ class MqttTransport:
                  self.host, self.port, session_present, len(self._inflight), len(self.spool))
         # paho resends what was in flight, with DUP set: that traffic goes on the ledger too.
         for f in self._inflight.values():
-            self._charge(self._publish_only_b(f.entry.nbytes, f.topic_len), messages=1)
+            self._charge(self._publish_only_b(f.entry.nbytes, f.topic_len))
         self._n["resent"] += len(self._inflight)
         self._hold_until_resent = bool(self._inflight)
         online = Status(node_id=self.node_id, state="online", boot_id=self.boot_id, version=__version__).to_json()
@@ -309,7 +309,7 @@ class MqttTransport:
             return  # status or config ack: charged when sent
         self.spool.ack(f.entry.seq)
         self._n["delivered"] += 1
-        self._charge(self._wire_b(f.entry.nbytes, f.topic_len, self.qos), messages=1)
+        self._charge(self._wire_b(f.entry.nbytes, f.topic_len, self.qos), wakes=1)
         if not self._inflight:
             self._hold_until_resent = False
         self._drain()
@@ -321,7 +321,7 @@ class MqttTransport:
         self._send(self.topics.heartbeat, payload, qos=0)
 
     def _on_message(self, topic: str, payload: bytes, qos: int) -> None:
-        self._charge(self._wire_b(len(payload), len(topic.encode()), qos), messages=1)
+        self._charge(self._wire_b(len(payload), len(topic.encode()), qos))
         if topic == self.topics.verdict:
             self._handle_verdict(payload)
         elif topic == self.topics.config:
@@ -396,7 +396,7 @@ class MqttTransport:
 
     def _send(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> paho.MQTTMessageInfo:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        self._charge(self._wire_b(len(payload), len(topic.encode()), qos), messages=1)
+        self._charge(self._wire_b(len(payload), len(topic.encode()), qos))
         return info
 
     # -- bytes on the wire --------------------------------------------------------------------
@@ -408,9 +408,11 @@ class MqttTransport:
         ack = MQTT_ACK_PACKET_B + TCP_IPV4_HEADER_B + self._tls_overhead
         return self._wire_b(nbytes, topic_len, self.qos) - ack
 
-    def _charge(self, nbytes: int, *, messages: int) -> None:
-        if self.ledger is not None and nbytes:
-            self.ledger.charge(RADIO, invocations=messages, nbytes=nbytes)
+    def _charge(self, nbytes: int, *, wakes: int = 0) -> None:
+        # A radio invocation is a wake (priced with the profile's wake_j): one per delivered segment.
+        # Status, heartbeats, verdicts and resends ride on a link that is already up: bytes only.
+        if self.ledger is not None and (nbytes or wakes):
+            self.ledger.charge(RADIO, invocations=wakes, nbytes=nbytes)
 
 
 def _first_error(exc: ValidationError) -> str:
