@@ -51,10 +51,44 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--broker", metavar="URL", help="publish segments: 'embedded' or mqtt://host:port "
                                                     "(default: none; radio bytes are then computed, not sent)")
     rp.add_argument("--verdict-wait", type=float, metavar="S",
-                    help="with --broker, wait up to S s for the cloud's verdicts (default 5, 0 for embedded)")
+                    help="with --broker, stop waiting for the cloud's verdicts after S s without a new one "
+                         "(default 10 with the replay's own cloud worker, 5 with an external broker)")
+    rp.add_argument("--no-cloud", action="store_true",
+                    help="with --broker embedded, start no cloud worker (no verdicts)")
+    rp.add_argument("--no-reference", action="store_true",
+                    help="with --scenario, skip the always-on reference KWS pass (no always-on-KWS misses)")
     rp.add_argument("--report", metavar="OUT.json", help="write the JSON report here")
+    rp.add_argument("--html", metavar="OUT.html", help="write the self-contained HTML report here")
     rp.add_argument("--profile", metavar="NAME|FILE", help="energy device profile (overrides energy.profile)")
+    rp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar on stderr (default: when stderr is a terminal)")
     rp.add_argument("--quiet", action="store_true", help="no summary on stdout")
+
+    rep = sub.add_parser("report", help="re-price a saved replay report for another device profile",
+                         description="Prices the counts of a saved report again; the audio is not replayed.")
+    rep.add_argument("input", metavar="IN.json", help="a report written by `gate-node replay --report`")
+    rep.add_argument("--profile", metavar="NAME|FILE", help="device profile (default: the report's own)")
+    rep.add_argument("--grid", type=float, metavar="G", help="grid carbon intensity, gCO2e/kWh")
+    rep.add_argument("--out", metavar="OUT.json", help="write the re-priced JSON report here")
+    rep.add_argument("--html", metavar="OUT.html", help="write the HTML report here")
+    rep.add_argument("--quiet", action="store_true", help="no summary on stdout")
+
+    tu = sub.add_parser("tune", help="sweep the analog gate and KWS thresholds over a scenario",
+                        description="Replays the scenario once per analog setting (recording KWS posteriors), "
+                                    "sweeps the KWS threshold over the recordings, keeps the settings that meet "
+                                    "the false-accept target, and writes the best as a complete thresholds file.")
+    tu.add_argument("--scenario", metavar="DIR", action="append", required=True, help="scenario directory (repeatable)")
+    tu.add_argument("--target-fa-per-hour", type=float, default=0.5, metavar="X", help="false accepts per hour allowed")
+    tu.add_argument("--out", metavar="thresholds.yaml", required=True, help="the best thresholds file")
+    tu.add_argument("--sweep-out", metavar="FILE.json|.csv",
+                    help="every point of the sweep (default: beside --out, .sweep.json and .sweep.csv)")
+    tu.add_argument("--margin-db", metavar="LIST", help="analog margins to try, dB (default: around the current one)")
+    tu.add_argument("--k", metavar="LIST", help="k-of-N values to try (default: around the current one)")
+    tu.add_argument("--min-open-s", metavar="LIST", help="debounce times to try, s (default: the current one)")
+    tu.add_argument("--kws-thresholds", metavar="LIST", help="KWS thresholds to sweep (default: 41 on a logit grid)")
+    tu.add_argument("--profile", metavar="NAME|FILE", help="device profile the energy is priced with")
+    tu.add_argument("--jobs", type=int, default=None, help="replays run in parallel (default: 2 or the CPU count)")
+    tu.add_argument("--quiet", action="store_true", help="no table on stdout")
     return p
 
 
@@ -73,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "tune":
+            return _tune(args)
         if args.command == "run":
             return _run(args)
     except GateError as exc:
@@ -124,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from gate.config import load_settings
     from gate.replay import replay_files
-    from gate.report import summary_text, write_report
+    from gate.report import summary_text
 
     if not args.files and not args.scenario:
         print("gate-node replay: give FILE... or --scenario DIR", file=sys.stderr)
@@ -132,20 +170,13 @@ def _replay(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.profile:
         settings.energy.profile = args.profile
-    files = [Path(f) for f in args.files]
-    labels = None
-    if args.scenario:
-        from gate.replay import scenario_inputs
-
-        labels = {}
-        for d in args.scenario:
-            path, spans = scenario_inputs(Path(d))
-            files.append(path)
-            labels[str(path)] = spans
-    report = replay_files(files, settings=settings, broker=args.broker, realtime=args.realtime,
-                          verdict_wait_s=args.verdict_wait, labels=labels)
-    if args.report:
-        write_report(report, Path(args.report))
+    files, labels = _inputs(args.files, args.scenario)
+    with _progress_bar(files, args.progress) as progress:
+        report = replay_files(files, settings=settings, broker=args.broker, realtime=args.realtime,
+                              verdict_wait_s=args.verdict_wait, labels=labels,
+                              cloud=False if args.no_cloud else None,
+                              reference=False if args.no_reference else None, progress=progress)
+    _write_outputs(report, args.report, args.html)
     if not args.quiet:
         sys.stdout.write(summary_text(report))
     for failed in report["failed_inputs"]:
@@ -153,6 +184,110 @@ def _replay(args: argparse.Namespace) -> int:
     if not report["inputs"]:
         return EXIT_USAGE
     return EXIT_USAGE if report["failed_inputs"] else EXIT_OK
+
+
+def _inputs(files: list[str], scenarios: list[str]) -> tuple[list[Path], dict | None]:
+    from gate.replay import scenario_inputs
+
+    paths = [Path(f) for f in files]
+    if not scenarios:
+        return paths, None
+    labels = {}
+    for d in scenarios:
+        path, spans = scenario_inputs(Path(d))
+        paths.append(path)
+        labels[str(path)] = spans
+    return paths, labels
+
+
+class _progress_bar:
+    """tqdm over audio seconds on stderr; a no-op callback when off."""
+
+    def __init__(self, files: list[Path], enabled: bool | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.files = files
+        self.bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        import soundfile as sf
+        from tqdm import tqdm
+
+        total = 0.0
+        for f in self.files:
+            try:
+                total += sf.info(str(f)).duration
+            except (RuntimeError, OSError):
+                pass  # reported as a failed input by the replay itself
+        self.bar = tqdm(total=round(total, 1), unit="audio s", file=sys.stderr, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio s [{elapsed}<{remaining}]")
+        return self.bar.update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _write_outputs(report: dict, json_out: str | None, html_out: str | None) -> None:
+    from gate.report import write_report
+
+    if json_out:
+        write_report(report, Path(json_out))
+    if html_out:
+        from gate.html_report import write_html
+
+        write_html(report, Path(html_out))
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gate.energy import EnergyModel
+    from gate.report import load_report, reprice, summary_text
+
+    try:
+        saved = load_report(Path(args.input))
+    except (OSError, ValueError) as exc:
+        print(f"gate-node report: {args.input}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(saved, dict) or "counts" not in saved or "baselines" not in saved:
+        print(f"gate-node report: {args.input}: not a gate replay report", file=sys.stderr)
+        return EXIT_USAGE
+    profile = args.profile or saved.get("settings", {}).get("energy", {}).get("profile") or saved["profile"]["name"]
+    report = reprice(saved, EnergyModel.from_profile(profile, args.grid))
+    _write_outputs(report, args.out, args.html)
+    if not args.quiet:
+        sys.stdout.write(summary_text(report))
+    return EXIT_OK
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GateError(f"not a comma-separated list of numbers: {text!r}", code="usage") from None
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from gate.config import load_settings
+    from gate.tune import TuneGrid, tune, write_outputs
+
+    settings = load_settings(args.config)
+    if args.profile:
+        settings.energy.profile = args.profile
+    files, labels = _inputs([], args.scenario)
+    ks = _floats(args.k)
+    grid = TuneGrid.around(settings, margins_db=_floats(args.margin_db),
+                           ks=[int(k) for k in ks] if ks is not None else None,
+                           min_open_s=_floats(args.min_open_s), kws_thresholds=_floats(args.kws_thresholds))
+    result = tune(files, labels, settings=settings, grid=grid, target_fa_per_hour=args.target_fa_per_hour,
+                  jobs=args.jobs)
+    written = write_outputs(result, Path(args.out), sweep_out=Path(args.sweep_out) if args.sweep_out else None)
+    if not args.quiet:
+        sys.stdout.write(result.summary_text())
+        sys.stdout.write("".join(f"wrote {p}\n" for p in written))
+    return EXIT_OK if result.best is not None else EXIT_FAIL
 
 
 if __name__ == "__main__":

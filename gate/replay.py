@@ -7,28 +7,43 @@ was read, so a file that turns out corrupt half-way leaves no partial counts beh
 Radio: with a broker the transport publishes every segment and charges the bytes it really put
 on the wire (status, acks and verdicts included) to a run-wide ledger. Without one, each segment
 is charged what publishing it would cost (gate.energy.wire_bytes, the transport's own arithmetic).
+
+Cloud: with the embedded broker a private `gate-cloud serve` worker verifies every segment (see
+gate.cloud_leg). The ``cloud`` stage is charged one invocation and the segment's audio seconds per
+published segment, whether or not a worker answered, so the cascade and the always-on-KWS
+baseline are priced alike; the worker's own meter is reported beside it (report["cloud"]).
+
+Evaluation extras (they cost CPU but charge nothing): every KWS posterior is recorded (the DET
+curve and `gate-node tune` sweep the threshold over them without re-running audio), and with
+``reference_kws`` a second spotter hears ALL the audio, as the always-on-KWS baseline would, so
+its misses can be compared with the cascade's.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gate.cascade import Cascade, Published
 from gate.config import GateSettings
 from gate.energy import (
     ADC,
     ANALOG_GATE,
+    CLOUD,
     ENCODER,
     FEATURES_KWS,
     RADIO,
     EnergyLedger,
     EnergyModel,
     LedgerSnapshot,
+    StageCounts,
     wire_bytes,
 )
 from gate.errors import AudioInputError, GateError
@@ -40,6 +55,9 @@ from sensors.wavfile import AudioFileSource
 log = logging.getLogger(__name__)
 
 REALTIME_BLOCK = 320  # 20 ms: what a live node gets per PortAudio callback
+LEVEL_HOP_S = 0.1  # resolution of the audio level kept for the report's timeline
+DEFAULT_VERDICT_IDLE_S = 10.0  # give up waiting for verdicts after this long without a new one
+EXTERNAL_VERDICT_WAIT_S = 5.0  # an external broker's service, if any: it may be busy with other nodes
 
 
 @dataclass(slots=True)
@@ -51,6 +69,10 @@ class FileResult:
     n_ticks: int = 0
     detections: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    trace: list[dict] = field(default_factory=list)  # gated KWS posterior runs
+    reference_trace: list[dict] = field(default_factory=list)  # always-on KWS posteriors
+    reference_detections: list[float] = field(default_factory=list)
+    level_db: list[float] = field(default_factory=list)
 
 
 class EstimatedRadio:
@@ -66,6 +88,59 @@ class EstimatedRadio:
                                                                    qos=self.qos))
 
 
+class RecordingSpotter:
+    """Wraps a KeywordSpotter and keeps every posterior, one run per gate opening.
+
+    The cascade resets the spotter at each opening, which clears its scores; they are moved into
+    ``runs`` first.
+    """
+
+    def __init__(self, kws: Any, path: str) -> None:
+        self.kws = kws
+        self.path = path
+        kws.keep_scores = True
+        self.runs: list[dict] = []
+
+    @property
+    def inferences(self) -> int:
+        return self.kws.inferences
+
+    @property
+    def detector(self) -> Any:
+        return self.kws.detector
+
+    def reset(self, t0_s: float = 0.0) -> None:
+        self.harvest()
+        self.kws.reset(t0_s)
+
+    def process(self, samples: np.ndarray) -> list:
+        return self.kws.process(samples)
+
+    def harvest(self) -> None:
+        scores = getattr(self.kws, "scores", [])
+        if scores:
+            self.runs.append({"path": self.path, "t0_s": round(scores[0].t_s, 6),
+                              "p": [round(s.posterior, 4) for s in scores]})
+            self.kws.scores = []
+
+
+class LevelMeter:
+    """Mean power per LEVEL_HOP_S of the input, in dBFS: the timeline's audio track."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.hop = int(round(LEVEL_HOP_S * sample_rate))
+        self._rest = np.zeros(0, np.float64)
+        self.db: list[float] = []
+
+    def push(self, x: np.ndarray) -> None:
+        buf = np.concatenate([self._rest, x.astype(np.float64) / 32768.0])
+        n = buf.size // self.hop
+        if n:
+            ms = np.mean(buf[:n * self.hop].reshape(n, self.hop) ** 2, axis=1)
+            self.db.extend(np.round(10 * np.log10(ms + 1e-12), 1).tolist())
+        self._rest = buf[n * self.hop:]
+
+
 def load_kws(settings: GateSettings) -> tuple[Any | None, str | None]:
     """The configured KWS, or (None, why) when its model or interpreter is not available."""
     from gate.kws import KeywordSpotter
@@ -77,17 +152,24 @@ def load_kws(settings: GateSettings) -> tuple[Any | None, str | None]:
 
 
 def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publisher: Any | None = None,
-                realtime: bool = False) -> FileResult:
-    """The whole cascade over one file."""
+                realtime: bool = False, reference_kws: Any | None = None,
+                progress: Callable[[float], None] | None = None) -> FileResult:
+    """The whole cascade over one file (and the always-on reference spotter, if given)."""
     source = AudioFileSource(path, target_rate=settings.audio.sample_rate)
     ledger = EnergyLedger(always_on=(ANALOG_GATE,))
     if publisher is None:
         topic = NodeTopics(settings.mqtt.node_id, settings.mqtt.topic_prefix).segments
         publisher = EstimatedRadio(ledger=ledger, topic=topic, qos=max(1, settings.mqtt.qos))
-    cascade = Cascade.from_config(settings, ledger=ledger, publisher=publisher, kws=kws,
+    recorder = RecordingSpotter(kws, str(path)) if kws is not None else None
+    cascade = Cascade.from_config(settings, ledger=ledger, publisher=publisher, kws=recorder,
                                   wall_clock=time.time if realtime else None)
+    if reference_kws is not None:
+        reference_kws.keep_scores = True
+        reference_kws.reset(0.0)
+    level = LevelMeter(cascade.sample_rate)
     events: list[GateEvent] = []
     published: list[Published] = []
+    reference_hits: list[float] = []
     t_start = time.monotonic()
     for block in source.blocks():
         pieces = [block[i:i + REALTIME_BLOCK] for i in range(0, block.size, REALTIME_BLOCK)] if realtime else [block]
@@ -97,34 +179,78 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
             out = cascade.process(piece)
             events.extend(out.events)
             published.extend(out.segments)
+            level.push(piece)
+            if reference_kws is not None:
+                reference_hits.extend(d.t_s for d in reference_kws.process(piece))
+            if progress is not None:
+                progress(piece.size / cascade.sample_rate)
     published.extend(cascade.flush().segments)
     audio_s = cascade.t_s
+    trace: list[dict] = []
+    if recorder is not None:
+        recorder.harvest()
+        trace = recorder.runs
+    reference_trace: list[dict] = []
+    if reference_kws is not None:
+        rec = RecordingSpotter(reference_kws, str(path))
+        rec.harvest()
+        reference_trace = rec.runs
     return FileResult(path=str(path), audio_seconds=audio_s, intervals=open_intervals(events, audio_s),
                       counts=ledger.snapshot(), n_ticks=cascade.counts()["ticks"],
                       detections=[{"path": str(path), **p.record, "verdict": None} for p in published],
-                      extra={"suppressed_detections": cascade.suppressed_detections})
+                      extra={"suppressed_detections": cascade.suppressed_detections},
+                      trace=trace, reference_trace=reference_trace, reference_detections=reference_hits,
+                      level_db=level.db)
 
 
 def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str | None = None,
                  realtime: bool = False, verdict_wait_s: float | None = None,
-                 labels: dict[str, list] | None = None, kws: Any | None | str = "auto") -> dict:
-    """Replay every file; unreadable ones are listed in ``failed_inputs`` and the rest still count."""
+                 labels: dict[str, list] | None = None, kws: Any | None | str = "auto",
+                 cloud: bool | None = None, reference: bool | None = None,
+                 progress: Callable[[float], None] | None = None) -> dict:
+    """Replay every file; unreadable ones are listed in ``failed_inputs`` and the rest still count.
+
+    ``cloud``: start a private cloud worker (default: with the embedded broker only; an external
+    broker is assumed to have its own service). ``reference``: also run the always-on reference
+    spotter (default: when there are labels to score it against). ``verdict_wait_s``: give up
+    waiting for verdicts after this long without a new one.
+    """
     model = EnergyModel.from_profile(settings.energy.profile, settings.energy.grid_g_co2e_per_kwh)
     kws_note = None
     if kws == "auto":
         kws, kws_note = load_kws(settings)
         if kws is None:
             log.warning("replay without the KWS stage: %s", kws_note)
+    if cloud is None:
+        cloud = broker == "embedded"
+    if reference is None:
+        reference = labels is not None
+    reference_kws = None
+    if reference and kws is not None:
+        reference_kws, _ = load_kws(settings)
     results: list[FileResult] = []
     failed: list[dict] = []
     verdicts: dict[str, dict] = {}
     transport_counts = LedgerSnapshot()
     transport_stats = None
-    with _maybe_transport(settings, broker, verdicts) as transport:
+    cloud_info: dict[str, Any] = {"worker": None, "available": False, "reason": None}
+    worker = None
+    with ExitStack() as stack:
+        transport, broker_url = _open_transport(settings, broker, verdicts, stack)
+        if transport is not None and cloud and kws is not None:
+            worker, cloud_info["reason"] = _start_cloud(broker_url, settings, stack)
+            cloud_info["worker"] = "gate-cloud serve (subprocess)" if worker is not None else None
+        elif transport is not None and not cloud:
+            cloud_info["reason"] = ("no cloud worker requested: verdicts not available" if broker == "embedded" else
+                                    "external broker: verdicts come from whatever service is subscribed to it")
+        elif transport is None:
+            cloud_info["reason"] = "no broker: segments were not sent"
+        else:
+            cloud_info["reason"] = "no KWS: nothing to verify"
         for path in paths:
             try:
                 results.append(replay_file(Path(path), settings=settings, kws=kws, publisher=transport,
-                                           realtime=realtime))
+                                           realtime=realtime, reference_kws=reference_kws, progress=progress))
             except AudioInputError as exc:
                 log.info("skipping %s: %s", path, exc)
                 failed.append({"path": str(path), "error": exc.args[0], "code": exc.code})
@@ -132,69 +258,118 @@ def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str |
             n_segments = sum(len(r.detections) for r in results)
             if not transport.flush(settings.node.flush_timeout_s):
                 log.warning("replay: %d segment(s) not acknowledged by the broker", transport.stats().pending)
-            wait = verdict_wait_s if verdict_wait_s is not None else (0.0 if broker == "embedded" else 5.0)
-            deadline = time.monotonic() + wait
-            while len(verdicts) < n_segments and time.monotonic() < deadline:
-                time.sleep(0.05)
+            if verdict_wait_s is None:
+                # A private broker with no worker of ours has nobody to answer.
+                verdict_wait_s = (DEFAULT_VERDICT_IDLE_S if worker is not None
+                                  else 0.0 if broker == "embedded" else EXTERNAL_VERDICT_WAIT_S)
+            if verdict_wait_s > 0:
+                _await_verdicts(verdicts, n_segments, idle_s=verdict_wait_s,
+                                alive=(lambda: worker.alive) if worker is not None else (lambda: True))
             transport_stats = transport.stats()
-    if transport is not None:
-        transport_counts = transport.ledger.snapshot()
+            transport.close(timeout=settings.node.flush_timeout_s)
+            transport_counts = transport.ledger.snapshot()
+    # The ExitStack has stopped the worker (its summary is written on SIGTERM) and the broker.
+    if worker is not None:
+        from gate.cloud_leg import measured_energy
+
+        cloud_info["measured"] = measured_energy(worker.summary)
+    # An external broker's service counts too once it has answered.
+    cloud_info["available"] = worker is not None or bool(verdicts)
+    cloud_info["verdicts"] = len(verdicts)
     for r in results:
         for d in r.detections:
             d["verdict"] = verdicts.get(d["segment_id"])
+    dets = [d for r in results for d in r.detections]
+    # One cloud invocation per published segment, priced per audio second by the profile.
+    cloud_counts = LedgerSnapshot(stages={CLOUD: StageCounts(
+        invocations=len(dets), active_seconds=sum(d["end_s"] - d["start_s"] for d in dets))})
+    # Stages the node ran; the cloud stage is charged whenever segments were cut (see the module doc).
     stages = [ANALOG_GATE, ADC] + ([FEATURES_KWS, ENCODER, RADIO] if kws is not None else [])
     report = build_report(results=results, failed=failed, settings=settings, model=model, stages_run=stages,
-                          extra_counts=transport_counts)
+                          extra_counts=transport_counts.add(cloud_counts), kws_hop_s=_kws_hop_s(settings, kws))
     report["kws"] = {"available": kws is not None, "reason": kws_note}
     report["radio"] = ({"mode": "broker", "broker": broker, "delivered": transport_stats.delivered,
                         "pending": transport_stats.pending} if transport_stats is not None
                        else {"mode": "estimated", "broker": None})
+    report["cloud"] = cloud_info
+    report["kws_traces"] = {"detector": _detector_params(settings, kws),
+                            "gated": [run for r in results for run in r.trace],
+                            "always_on": [run for r in results for run in r.reference_trace] if reference_kws else None}
+    report["timeline"] = {"level_hop_s": LEVEL_HOP_S, "level_dbfs": {r.path: r.level_db for r in results}}
     if labels is not None:
-        from gate.report import score_detections
+        from gate.report import add_detection_metrics
 
-        report["scenario"] = score_detections(report["detections"], labels)
+        reference_dets = {r.path: r.reference_detections for r in results} if reference_kws is not None else None
+        add_detection_metrics(report, labels, reference_detections=reference_dets)
     return report
 
 
-class _maybe_transport:
-    """A context manager: an MQTT transport (and embedded broker) when ``broker`` is given, else None."""
+def _open_transport(settings: GateSettings, broker: str | None, verdicts: dict[str, dict],
+                    stack: ExitStack) -> tuple[Any | None, str | None]:
+    """An MQTT transport (and the embedded broker) when ``broker`` is given; (None, None) otherwise."""
+    if broker is None:
+        return None, None
+    import tempfile
 
-    def __init__(self, settings: GateSettings, broker: str | None, verdicts: dict[str, dict]) -> None:
-        self.settings, self.broker, self.verdicts = settings, broker, verdicts
-        self.transport = None
-        self._stack = None
+    from gate.node import open_transport
+    from gate.transport.broker import EmbeddedBroker
+    from gate.transport.spool import Spool
 
-    def __enter__(self):
-        if self.broker is None:
-            return None
-        import tempfile
-        from contextlib import ExitStack
+    url = broker
+    if broker == "embedded":
+        url = stack.enter_context(EmbeddedBroker()).url
+    spool_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gate-replay-spool-"))
+    s = settings.model_copy(deep=True)
+    s.mqtt.spool_dir = spool_dir
+    transport = open_transport(s, ledger=EnergyLedger(), boot_id=None, broker=url, stack=stack,
+                               on_verdict=lambda v: verdicts.__setitem__(v.segment_id, v.model_dump(mode="json")),
+                               spool=Spool(spool_dir, max_bytes=int(s.mqtt.spool_max_mb * 2**20), fsync=False))
+    transport.start()
+    stack.callback(transport.close, timeout=s.node.flush_timeout_s)
+    if not transport.wait_connected(10.0):
+        raise GateError(f"replay: broker {broker} did not accept a connection within 10 s", code="broker_unreachable")
+    return transport, url
 
-        from gate.node import open_transport
-        from gate.transport.spool import Spool
 
-        self._stack = ExitStack()
-        spool_dir = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="gate-replay-spool-"))
-        settings = self.settings.model_copy(deep=True)
-        settings.mqtt.spool_dir = spool_dir
-        ledger = EnergyLedger()
-        self.transport = open_transport(settings, ledger=ledger, boot_id=None, broker=self.broker, stack=self._stack,
-                                        on_verdict=lambda v: self.verdicts.__setitem__(
-                                            v.segment_id, v.model_dump(mode="json")),
-                                        spool=Spool(spool_dir, max_bytes=int(settings.mqtt.spool_max_mb * 2**20),
-                                                    fsync=False))
-        self.transport.start()
-        if not self.transport.wait_connected(10.0):
-            self._stack.close()
-            raise GateError(f"replay: broker {self.broker} did not accept a connection within 10 s",
-                            code="broker_unreachable")
-        return self.transport
+def _start_cloud(broker_url: str, settings: GateSettings, stack: ExitStack) -> tuple[Any | None, str | None]:
+    try:
+        from gate.cloud_leg import CloudUnavailable, CloudWorker
 
-    def __exit__(self, *exc) -> None:
-        if self.transport is not None:
-            self.transport.close(timeout=self.settings.node.flush_timeout_s)
-        if self._stack is not None:
-            self._stack.close()
+        return stack.enter_context(CloudWorker(broker_url, topic_prefix=settings.mqtt.topic_prefix)), None
+    except (ImportError, CloudUnavailable, OSError) as exc:
+        log.warning("no cloud worker: verdicts not available (%s)", exc)
+        return None, f"no cloud worker: verdicts not available ({exc})"
+
+
+def _await_verdicts(verdicts: dict, n_segments: int, *, idle_s: float, alive: Callable[[], bool]) -> None:
+    """Until every segment has its verdict, the worker dies, or ``idle_s`` pass without a new verdict."""
+    seen, last = len(verdicts), time.monotonic()
+    while len(verdicts) < n_segments and alive():
+        if len(verdicts) != seen:
+            seen, last = len(verdicts), time.monotonic()
+        elif time.monotonic() - last >= idle_s:
+            log.warning("replay: %d of %d verdict(s) did not arrive", n_segments - len(verdicts), n_segments)
+            return
+        time.sleep(0.05)
+
+
+def _kws_hop_s(settings: GateSettings, kws: Any | None) -> float:
+    if kws is not None:
+        return float(kws.detector.period_s)
+    from gate.kws.featurize import Featurizer
+
+    return settings.kws.stride_frames * Featurizer(settings.kws.feature_kind, settings.audio.sample_rate).period_s
+
+
+def _detector_params(settings: GateSettings, kws: Any | None) -> dict | None:
+    if kws is None:
+        return None
+    k = settings.kws
+    from gate.metrics import segment_hold_s
+
+    return {"threshold": float(kws.detector.threshold), "smoothing_s": k.smoothing_s,
+            "min_consecutive": k.min_consecutive, "refractory_s": k.refractory_s,
+            "period_s": float(kws.detector.period_s), "hold_s": segment_hold_s(settings.segmenter)}
 
 
 def scenario_inputs(directory: Path) -> tuple[Path, list]:

@@ -3,6 +3,20 @@
 The report keeps the raw counts (``counts``, ``baselines.*.counts``) beside the priced figures, so
 :func:`reprice` can price a saved report for another profile without touching the audio. Every
 figure here is a pure function of those counts and the profile.
+
+Pipelines compared on the same audio and the same profile:
+- ``cascade``: what the replay counted (analog gate, ADC on demand, KWS while open, segments).
+- ``always_on_kws``: no analog gate; ADC and KWS on all the time, and the cascade's own segments
+  (count, payload bytes, audio seconds) sent and verified, so only the gate's effect differs.
+- ``always_stream``: ADC and radio always on, raw PCM to the cloud, the cloud model on everything.
+
+The ``cloud`` stage is priced by the profile (``cloud.j_per_audio_s`` x audio seconds x PUE, a
+Whisper-class figure) for every pipeline alike; the replay's own cloud worker meters what its small
+verifier really cost and that is reported apart (``cloud.measured``), never added to the totals.
+
+One caveat on re-pricing: a profile's ``adc.startup_s`` is simulated (the ADC delivers audio only
+once ready), so a report re-priced for a profile with another start-up time differs slightly from
+a fresh replay; :func:`reprice` says so in ``notes``.
 """
 
 from __future__ import annotations
@@ -15,27 +29,50 @@ from pathlib import Path
 from typing import Any
 
 from gate import __version__
-from gate.energy import HOST, STAGES, EnergyModel, LedgerSnapshot, always_stream_counts, savings
+from gate.energy import (
+    ADC,
+    CLOUD,
+    HOST,
+    STAGES,
+    EnergyModel,
+    LedgerSnapshot,
+    always_on_kws_counts,
+    always_stream_counts,
+    savings,
+)
 from gate.energy.model import EnergyBreakdown
 
-REPORT_SCHEMA = "gate.replay/1"
+REPORT_SCHEMA = "gate.replay/2"
+PIPELINES = ("always_stream", "always_on_kws", "cascade")
 
 
 def build_report(*, results: Sequence[Any], failed: list[dict], settings: Any, model: EnergyModel,
-                 stages_run: Sequence[str], extra_counts: LedgerSnapshot | None = None) -> dict:
-    """``extra_counts``: charges not tied to one file (a live transport's radio), added to the totals."""
+                 stages_run: Sequence[str], extra_counts: LedgerSnapshot | None = None,
+                 kws_hop_s: float | None = None) -> dict:
+    """``extra_counts``: charges not tied to one file (a live transport's radio, the cloud), added to
+    the totals. ``kws_hop_s``: the KWS inference period, for the always-on-KWS baseline."""
     counts = LedgerSnapshot()
     for r in results:
         counts = counts.add(r.counts)
     if extra_counts is not None:
         counts = counts.add(LedgerSnapshot(stages=dict(extra_counts.stages)))
+    detections = [d for r in results for d in getattr(r, "detections", ())]
+    baselines = {"always_stream": {"counts": always_stream_counts(counts.audio_seconds).to_dict()}}
+    if kws_hop_s:
+        seg = {"n_segments": len(detections), "segments_bytes": sum(d["payload_bytes"] for d in detections),
+               "segment_audio_s": sum(d["end_s"] - d["start_s"] for d in detections)}
+        baselines["always_on_kws"] = {
+            "counts": always_on_kws_counts(counts.audio_seconds, kws_hop_s=kws_hop_s, **seg).to_dict(),
+            "params": {"kws_hop_s": kws_hop_s, **seg}}
+    adc_startup = model.profile.stages[ADC].startup_s if ADC in model.profile.stages else 0.0
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "generated_by": f"gate {__version__}",
         "stages_run": list(stages_run),
         "audio_seconds": counts.audio_seconds,
         "counts": counts.to_dict(),
-        "baselines": {"always_stream": {"counts": always_stream_counts(counts.audio_seconds).to_dict()}},
+        "baselines": baselines,
+        "simulated_with": {"profile": model.profile.name, "adc_startup_s": adc_startup},
         "inputs": [
             {"path": r.path, "audio_seconds": r.audio_seconds,
              "gate_open_intervals": [[round(a, 6), round(b, 6)] for a, b in r.intervals],
@@ -46,7 +83,7 @@ def build_report(*, results: Sequence[Any], failed: list[dict], settings: Any, m
             for r in results
         ],
         # One row per published segment: where it was cut, the KWS score, the cloud's verdict if any.
-        "detections": [d for r in results for d in getattr(r, "detections", ())],
+        "detections": detections,
         "gate_open_intervals": [
             {"path": r.path, "start_s": round(a, 6), "end_s": round(b, 6)} for r in results for a, b in r.intervals
         ],
@@ -67,45 +104,103 @@ def reprice(report: dict, model: EnergyModel) -> dict:
     out["stages"] = _stage_table(counts, cascade)
     out["totals"] = _totals(cascade)
     baselines = {}
+    priced_baselines = {}
     for name, base in report["baselines"].items():
         base_counts = LedgerSnapshot.from_dict(base["counts"])
-        priced = model.price(base_counts)
-        baselines[name] = {"counts": base["counts"], "joules": priced.total_j, "bytes": priced.total_bytes,
+        priced = priced_baselines[name] = model.price(base_counts)
+        baselines[name] = {**base, "joules": priced.total_j, "bytes": priced.total_bytes,
                            "co2e_g": priced.co2e_g, "stages": _stage_table(base_counts, priced),
                            "totals": _totals(priced)}
     out["baselines"] = baselines
-    stream = model.price(LedgerSnapshot.from_dict(report["baselines"]["always_stream"]["counts"]))
-    saved = savings(cascade, stream)
-    saved["joules_pct_excluding_host"] = _pct_saved(cascade.total_j - cascade.host_j, stream.total_j - stream.host_j)
-    saved["host_share_of_cascade_pct"] = 100.0 * _ratio(cascade.host_j, cascade.total_j)
-    out["savings"] = saved
+    out["savings_vs"] = {name: _savings(cascade, priced) for name, priced in priced_baselines.items()}
+    out["savings"] = out["savings_vs"]["always_stream"]
+    notes = []
+    sim = report.get("simulated_with")
+    startup = model.profile.stages[ADC].startup_s if ADC in model.profile.stages else 0.0
+    if sim and sim["adc_startup_s"] != startup:
+        notes.append(f"re-priced for {model.profile.name} (ADC start-up {startup * 1000:g} ms) from a replay "
+                     f"simulated with {sim['profile']} ({sim['adc_startup_s'] * 1000:g} ms): detections and ADC "
+                     f"seconds are those of the simulated start-up")
+    share = out["savings"]["host_share_of_cascade_pct"]
+    if share >= 50:
+        notes.append(f"the host's idle power ({model.profile.host.idle_w:g} W) is {share:.0f}% of the cascade's "
+                     f"energy: it is drawn whatever the cascade does, so gating saves bytes, cloud and stage "
+                     f"energy but cannot lower the node's total below it")
+    out["notes"] = notes
+    out["cloud_sensitivity"] = _cloud_sensitivity(report, counts, cascade, priced_baselines)
     return out
 
 
-def score_detections(detections: Sequence[dict], labels: dict[str, list], *, late_s: float = 1.0) -> dict:
-    """Detections against labelled wake words: a hit fires inside [start_s, end_s + late_s] of one.
+def _cloud_sensitivity(report: dict, counts: LedgerSnapshot, cascade: EnergyBreakdown,
+                       baselines: dict[str, EnergyBreakdown]) -> dict | None:
+    """Every pipeline's cloud re-priced at what the replay's own worker measured per audio second.
 
-    ``labels`` maps a replayed path to its sensors.scenario labels. Each wake word is hit at most
-    once; a detection that matches none is a false accept.
+    The profile prices the cloud as a Whisper-class model; the worker runs a small verifier. The
+    savings move a lot between the two, so both are shown rather than one chosen quietly.
     """
-    keywords = hits = false_accepts = 0
-    hours = 0.0
-    for path, spans in labels.items():
-        targets = [s for s in spans if s.label == "wake"]  # a wake_command event labels its wake word too
-        keywords += len(targets)
-        if spans:
-            hours += max(s.end_s for s in spans) / 3600.0
-        used: set[int] = set()
-        for d in (d for d in detections if d["path"] == path):
-            match = next((i for i, s in enumerate(targets)
-                          if i not in used and s.start_s <= d["detect_s"] <= s.end_s + late_s), None)
-            if match is None:
-                false_accepts += 1
-            else:
-                used.add(match)
-                hits += 1
-    return {"keywords": keywords, "hits": hits, "misses": keywords - hits, "false_accepts": false_accepts,
-            "recall": _ratio(hits, keywords), "late_s": late_s}
+    measured = (report.get("cloud") or {}).get("measured") or {}
+    jps = measured.get("j_per_audio_s")
+    if not jps:
+        return None
+    pipes = {"cascade": (counts, cascade)}
+    pipes.update({n: (LedgerSnapshot.from_dict(report["baselines"][n]["counts"]), b) for n, b in baselines.items()})
+    totals = {n: b.total_j - b.cloud_j + jps * c[CLOUD].active_seconds for n, (c, b) in pipes.items()}
+    return {"j_per_audio_s": jps, "totals_j": totals,
+            "savings_joules_pct": {n: _pct_saved(totals["cascade"], totals[n]) for n in baselines}}
+
+
+def _savings(cascade: EnergyBreakdown, base: EnergyBreakdown) -> dict:
+    saved = savings(cascade, base)
+    saved["joules_pct_excluding_host"] = _pct_saved(cascade.total_j - cascade.host_j, base.total_j - base.host_j)
+    saved["node_joules_pct"] = _pct_saved(cascade.node_j, base.node_j)
+    saved["host_share_of_cascade_pct"] = 100.0 * _ratio(cascade.host_j, cascade.total_j)
+    return saved
+
+
+def add_detection_metrics(report: dict, labels: dict[str, list], *,
+                          reference_detections: dict[str, list[float]] | None = None) -> None:
+    """Score the report's detections (tiny model alone, after cloud verification, always-on
+    reference) against labels, and add DET curves from the recorded KWS traces. In place."""
+    from gate.metrics import EARLY_S, LATE_S, DetectorParams, det_curve, hold, score, wake_windows
+
+    audio = {i["path"]: i["audio_seconds"] for i in report["inputs"]}
+    streams = {p: (wake_windows(spans), audio[p]) for p, spans in labels.items() if p in audio}
+    dets = report["detections"]
+    by_path: dict[str, list[float]] = {}
+    accepted: dict[str, list[float]] = {}
+    for d in dets:
+        by_path.setdefault(d["path"], []).append(d["detect_s"])
+        if (d.get("verdict") or {}).get("accepted"):
+            accepted.setdefault(d["path"], []).append(d["detect_s"])
+    cloud_ok = report.get("cloud", {}).get("available", False)
+    out: dict[str, Any] = {
+        "windows": {"early_s": EARLY_S, "late_s": LATE_S},
+        "tiny": score(by_path, streams),
+        "tiny_cloud": score(accepted, streams) if cloud_ok else None,
+        "always_on_kws": None,
+        "det_curve": {},
+    }
+    det = (report.get("kws_traces") or {}).get("detector")
+    traces = report.get("kws_traces") or {}
+    if reference_detections is not None:
+        # An always-on node cuts segments too: its detections go through the same hold.
+        held = {p: hold(t, det["hold_s"] if det else 0.0) for p, t in reference_detections.items()}
+        out["always_on_kws"] = score(held, streams)
+    if det:
+        params = DetectorParams(smoothing_s=det["smoothing_s"], min_consecutive=det["min_consecutive"],
+                                refractory_s=det["refractory_s"], period_s=det["period_s"],
+                                hold_s=det.get("hold_s", 0.0))
+        for name in ("gated", "always_on"):
+            if traces.get(name) is not None:
+                out["det_curve"][name] = det_curve(traces[name], params, streams)
+    report["detection"] = out
+    report["labels"] = {p: [{"start_s": s.start_s, "end_s": s.end_s, "label": s.label} for s in spans]
+                        for p, spans in labels.items()}
+    t = out["tiny"]
+    # The original summary block, kept for readers of gate.replay/1 reports.
+    report["scenario"] = {"keywords": t["keywords"], "hits": t["true_accepts"], "misses": t["misses"],
+                          "false_accepts": t["false_accepts"],
+                          "recall": _ratio(t["true_accepts"], t["keywords"]), "late_s": LATE_S}
 
 
 def _stage_table(counts: LedgerSnapshot, priced: EnergyBreakdown) -> dict[str, dict]:
@@ -144,6 +239,9 @@ def write_report(report: dict, path: Path) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(report, f, indent=2)
             f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a report is for sharing
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -155,41 +253,78 @@ def load_report(path: Path) -> dict:
 
 
 def summary_text(report: dict) -> str:
-    """A short human summary: per-stage energy for the cascade and the always-stream baseline."""
+    """The savings table: per-stage joules of each pipeline, totals, bytes, CO2e and detection."""
     audio_s = report["audio_seconds"]
     prof = report["profile"]
     lines = [f"gate replay: {len(report['inputs'])} file(s), {audio_s:.1f} s of audio, "
              f"profile {prof['name']} (host idle {prof['host_idle_w']:g} W)",
              f"stages run: {', '.join(report['stages_run'])}", ""]
-    stream = report["baselines"]["always_stream"]
-    lines.append(f"{'stage':14s} {'duty':>7s} {'cascade J':>12s} {'always-stream J':>16s}")
-    for name, row in report["stages"].items():
-        base = stream["stages"].get(name, {"joules": 0.0})
-        if row["joules"] == 0 and base["joules"] == 0 and row["active_seconds"] == 0:
+    names = [n for n in PIPELINES if n == "cascade" or n in report["baselines"]]
+    tables = {n: (report["stages"] if n == "cascade" else report["baselines"][n]["stages"]) for n in names}
+    totals = {n: (report["totals"] if n == "cascade" else report["baselines"][n]["totals"]) for n in names}
+    head = "".join(f"{n.replace('_', '-') + ' J':>18s}" for n in names)
+    lines.append(f"{'stage':14s} {'duty':>7s}{head}")
+    for stage, row in report["stages"].items():
+        vals = [tables[n].get(stage, {"joules": 0.0})["joules"] for n in names]
+        if not any(vals) and row["active_seconds"] == 0:
             continue
-        lines.append(f"{name:14s} {100 * row['duty_cycle']:6.2f}% {row['joules']:12.4g} {base['joules']:16.4g}")
-    tot, sav = report["totals"], report["savings"]
-    lines.append(f"{'total':14s} {'':7s} {tot['joules']:12.4g} {stream['joules']:16.4g}")
-    lines.append(f"bytes on the radio: cascade {tot['bytes']:,} vs always-stream {stream['bytes']:,}")
-    lines.append(f"saved vs always-stream: {_fmt_pct(sav['joules_pct'])} of joules "
-                 f"({_fmt_pct(sav['joules_pct_excluding_host'])} excluding the host's idle power, which is "
-                 f"{sav['host_share_of_cascade_pct']:.1f}% of the cascade's energy), "
-                 f"{_fmt_pct(sav['bytes_pct'])} of bytes")
-    lines.append(f"CO2e: cascade {tot['co2e_g']:.3g} g vs always-stream {stream['co2e_g']:.3g} g "
-                 f"at {report['grid_g_co2e_per_kwh']:g} g/kWh")
+        lines.append(f"{stage:14s} {100 * row['duty_cycle']:6.2f}%" + "".join(f"{v:18.4g}" for v in vals))
+    lines.append(f"{'total':14s} {'':7s}" + "".join(f"{totals[n]['joules']:18.4g}" for n in names))
+    lines.append(f"{'  node only':14s} {'':7s}" + "".join(f"{totals[n]['node_joules']:18.4g}" for n in names))
+    lines.append(f"{'radio bytes':14s} {'':7s}" + "".join(f"{totals[n]['bytes']:18,d}" for n in names))
+    lines.append(f"{'CO2e g':14s} {'':7s}" + "".join(f"{totals[n]['co2e_g']:18.3g}" for n in names))
+    lines.append("")
+    for base, sav in report["savings_vs"].items():
+        lines.append(f"saved vs {base.replace('_', '-')}: {_fmt_pct(sav['joules_pct'])} of joules "
+                     f"({_fmt_pct(sav['joules_pct_excluding_host'])} excluding the host's idle power), "
+                     f"{_fmt_pct(sav['bytes_pct'])} of bytes")
+    sens = report.get("cloud_sensitivity")
+    if sens:
+        lines.append(f"with the cloud at the worker's measured {sens['j_per_audio_s']:.3g} J per audio s instead of "
+                     f"the profile's: " + ", ".join(f"{_fmt_pct(v)} of joules saved vs {b.replace('_', '-')}"
+                                                   for b, v in sens["savings_joules_pct"].items()))
+    lines.append(f"host idle power is {report['savings']['host_share_of_cascade_pct']:.1f}% of the cascade's "
+                 f"energy (CO2e at {report['grid_g_co2e_per_kwh']:g} g/kWh)")
+    for note in report.get("notes", []):
+        lines.append(f"note: {note}")
     dets = report.get("detections", [])
     if report.get("kws", {}).get("available") is False:
         lines.append(f"KWS not run: {report['kws']['reason']}")
     else:
+        verdicts = sum(1 for d in dets if d.get("verdict"))
         accepted = sum(1 for d in dets if (d.get("verdict") or {}).get("accepted"))
-        lines.append(f"detections: {len(dets)} segment(s) published"
-                     + (f", {accepted} accepted by the cloud" if any(d.get("verdict") for d in dets) else ""))
-    if "scenario" in report:
-        sc = report["scenario"]
-        lines.append(f"scenario: {sc['hits']}/{sc['keywords']} wake words found, {sc['false_accepts']} false accept(s)")
+        cloud = report.get("cloud") or {}
+        tail = (f", {verdicts} verdict(s), {accepted} accepted by the cloud" if cloud.get("available")
+                else f" ({cloud['reason']})" if cloud.get("reason") else "")
+        lines.append(f"detections: {len(dets)} segment(s) published{tail}")
+        measured = cloud.get("measured")
+        if measured and measured.get("joules") is not None:
+            lines.append(f"cloud worker's own meter: {measured['joules']:.3g} J for {measured['cpu_s']:.2f} CPU s "
+                         f"({measured['model_cpu_s']:.3f} s in the models); the cloud stage above is the "
+                         f"profile's {report['stages']['cloud']['joules']:.3g} J")
+    if "detection" in report:
+        lines.append("")
+        lines.append(f"{'detection':18s} {'TA':>6s} {'miss':>8s} {'FA':>5s} {'FA/h':>8s} {'latency':>9s}")
+        for label, key in (("tiny (gated)", "tiny"), ("tiny + cloud", "tiny_cloud"),
+                           ("always-on KWS", "always_on_kws")):
+            m = report["detection"].get(key)
+            if m is None:
+                continue
+            lat = m["latency_s"]["median"]
+            lines.append(f"{label:18s} {m['true_accepts']:3d}/{m['keywords']:<3d}{_fmt_rate(m['miss_rate']):>8s} "
+                         f"{m['false_accepts']:5d} {_fmt_num(m['fa_per_hour']):>8s} "
+                         f"{'-' if lat is None else f'{lat:.2f} s':>9s}")
     if report["failed_inputs"]:
         lines.append(f"{len(report['failed_inputs'])} file(s) skipped (see stderr and failed_inputs in the report)")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _fmt_num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _fmt_pct(v: float | None) -> str:
