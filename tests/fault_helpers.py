@@ -1,0 +1,298 @@
+"""Shared by the fault, fuzz and load tests: inputs that force segments, the processes under test, and
+the counts the verdicts are judged by (rows per segment id in the cloud's SQLite store).
+
+Processes are real (``gate-node run``, ``gate-cloud serve``) and every wait is bounded, so a fault
+that hangs a component fails the test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from gate.wire import PREFIX_BYTES
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+SR = 16_000
+STANDIN = TESTS / "data" / "kws_standin.tflite"
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), OMP_NUM_THREADS="1")
+ENV.pop("JOURNAL_STREAM", None)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def burst_wav(path: Path, *, seconds: float, every_s: float = 2.0, first_s: float = 0.8,
+              burst_s: float = 0.5, seed: int = 0) -> Path:
+    """A quiet room with a loud noise burst every ``every_s``: the loudness stand-in KWS fires on each."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(int(seconds * SR)) * 10.0  # about -70 dBFS
+    t = first_s
+    while t + burst_s < seconds - 0.5:
+        a = int(t * SR)
+        x[a:a + int(burst_s * SR)] += rng.standard_normal(int(burst_s * SR)) * 4000.0
+        t += every_s
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.clip(x, -32768, 32767).astype(np.int16), SR, subtype="PCM_16")
+    return path
+
+
+def quiet_wav(path: Path, *, seconds: float) -> Path:
+    """A quiet room and nothing else: a node restarted on it only delivers what its spool holds."""
+    return burst_wav(path, seconds=seconds, first_s=seconds)
+
+
+def node_config(path: Path, *, spool_dir: Path, node_id: str = "node1", spool_max_mb: float = 64.0,
+                flush_timeout_s: float = 20.0, heartbeat_s: float = 1.0,
+                reconnect_s: tuple[float, float] = (0.1, 0.5)) -> Path:
+    """A thresholds file for a node under test: stand-in KWS, short segments, fast reconnects."""
+    path.write_text(
+        f"kws:\n  model_path: {STANDIN}\n"
+        # Short segments, so a few seconds of audio make several of them.
+        "segmenter:\n  preroll_s: 0.2\n  keyword_s: 0.5\n  command_window_s: 0.5\n"
+        f"mqtt:\n  node_id: {node_id}\n  spool_dir: {spool_dir}\n  spool_max_mb: {spool_max_mb}\n"
+        f"  reconnect_min_s: {reconnect_s[0]}\n  reconnect_max_s: {reconnect_s[1]}\n"
+        f"node:\n  flush_timeout_s: {flush_timeout_s}\n  heartbeat_s: {heartbeat_s}\n")
+    return path
+
+
+def spool_ids(spool_dir: Path) -> list[str]:
+    """Segment ids waiting in a node's spool, oldest first (the spool's on-disk format, gate/transport/spool.py)."""
+    from gate.transport.spool import _parse
+
+    out = []
+    for p in sorted(spool_dir.glob("*.seg")):
+        try:
+            parsed = _parse(p.read_bytes())
+        except FileNotFoundError:  # acknowledged meanwhile
+            continue
+        if parsed is not None:
+            out.append(parsed[0])
+    return out
+
+
+def reheader(payload: bytes, **changes) -> bytes:
+    """``payload`` with header fields replaced, the audio untouched (no re-encoding, no validation)."""
+    n = int.from_bytes(payload[4:PREFIX_BYTES], "big")
+    head = json.loads(payload[PREFIX_BYTES:PREFIX_BYTES + n])
+    head.update(changes)
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    return payload[:4] + len(raw).to_bytes(4, "big") + raw + payload[PREFIX_BYTES + n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"  # a killed child is a zombie until reaped
+    except OSError:
+        return False
+
+
+class NodeProcess:
+    """``gate-node --config CFG run --input WAV --broker URL`` with its stderr kept."""
+
+    def __init__(self, cfg: Path, wav: Path, broker_port: int, log: Path, *, realtime: bool = True) -> None:
+        argv = [sys.executable, "-m", "gate.cli", "--config", str(cfg), "--log-level", "INFO", "run",
+                "--input", str(wav), "--broker", f"mqtt://127.0.0.1:{broker_port}"]
+        if not realtime:
+            argv.append("--no-realtime")
+        self.log_path = log
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=f, stderr=f)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def segment_ids(self) -> list[str]:
+        """Ids the node logged as made; gate/cascade.py spools a segment before the node logs it."""
+        return [ln.split("segment ", 1)[1].split(":", 1)[0] for ln in self.log().splitlines()
+                if " gate.node: segment " in ln]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"gate-node did not exit within {timeout} s:\n{self.log()[-3000:]}") from None
+
+
+class CloudService:
+    """``gate-cloud serve`` as a subprocess on a real broker, with its state files and SQLite store."""
+
+    def __init__(self, workdir: Path, broker_port: int, *, workers: int = 1, prefix: str = "fault",
+                 models_factory: str | None = None, config: str | None = None, db: Path | None = None,
+                 log_level: str = "WARNING", ready_timeout: float = 90.0) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.dir = workdir
+        self.state = workdir / "state"
+        self.state.mkdir(exist_ok=True)
+        self.db = db or workdir / "cloud.db"
+        self.summary_path = workdir / "summary.json"
+        self.log_path = workdir / "serve.log"
+        self.workers = workers
+        argv = [sys.executable, "-m", "cloud.cli", "--log-level", log_level, "serve",
+                "--broker", f"mqtt://127.0.0.1:{broker_port}", "--workers", str(workers),
+                "--db", f"sqlite:///{self.db}", "--metrics-port", "0", "--client-id-prefix", prefix,
+                "--state-dir", str(self.state), "--summary-out", str(self.summary_path)]
+        if models_factory:
+            argv += ["--models-factory", models_factory]
+        if config:
+            cfg = workdir / "cloud.yaml"
+            cfg.write_text(config)
+            argv += ["--config", str(cfg)]
+        with open(self.log_path, "ab") as f:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=f,
+                                         stderr=subprocess.STDOUT)
+        if not wait_until(lambda: len(self.ready()) == workers or self.proc.poll() is not None, ready_timeout, 0.1) \
+                or self.proc.poll() is not None:
+            self.kill()
+            raise AssertionError(f"gate-cloud serve not ready:\n{self.log()}")
+
+    def states(self) -> list[dict]:
+        out = []
+        for p in self.state.glob("worker-*-*.json"):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                pass  # being replaced
+        return out
+
+    def ready(self) -> set[int]:
+        return {s["index"] for s in self.states() if s["state"] == "ready" and alive(s["pid"])}
+
+    def pid_of(self, index: int) -> int:
+        live = [s["pid"] for s in self.states() if s["index"] == index and alive(s["pid"])]
+        assert live, f"worker {index} is not running"
+        return live[-1]
+
+    def live_summaries(self) -> list[dict]:
+        """Each live worker's /summary.json (counters are per process)."""
+        out = []
+        for s in self.states():
+            if s.get("metrics_url") and alive(s["pid"]):
+                try:
+                    with urllib.request.urlopen(s["metrics_url"] + "/summary.json", timeout=5) as r:
+                        out.append(json.loads(r.read()))
+                except OSError:
+                    pass
+        return out
+
+    def stop(self, timeout: float = 60.0) -> tuple[int, dict]:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"gate-cloud serve ignored SIGTERM:\n{self.log()}") from None
+        return rc, json.loads(self.summary_path.read_text())
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for s in self.states():
+            if alive(s["pid"]):
+                try:
+                    os.kill(s["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def rows_per_segment(self) -> Counter:
+        return store_rows(self.db)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def store_rows(db: Path) -> Counter:
+    """Rows per segment id in the cloud's SQLite store, read-only (the workers may still be writing)."""
+    if not db.exists():
+        return Counter()
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return Counter(r[0] for r in con.execute("SELECT segment_id FROM segments"))
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return Counter()
+    finally:
+        con.close()
+
+
+def store_count(db: Path, sql: str) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(con.execute(sql).fetchone()[0])
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cloud models for fault tests: deterministic, and optionally slow (``--models-factory``)
+
+
+def fast_models(cfg=None):
+    from test_cloud_service_units import fake_models
+
+    return fake_models(cfg)
+
+
+class _Slow:
+    def __init__(self, inner, seconds: float) -> None:
+        self._inner, self._s = inner, seconds
+        self.name, self.version = inner.name, inner.version
+
+    def score(self, samples, sample_rate, *, fired_at_s):
+        time.sleep(self._s)
+        return self._inner.score(samples, sample_rate, fired_at_s=fired_at_s)
+
+
+def slow_models(cfg=None):
+    """A verifier that takes 50 ms of wall time per segment: a consumer slower than the producer."""
+    from cloud.service.models import CloudModels
+
+    m = fast_models(cfg)
+    return CloudModels(verifier=_Slow(m.verifier, 0.05), commands=m.commands)
