@@ -120,28 +120,44 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple, str]]:
         raise SettingsError([Problem(loc, "", f"YAML syntax error: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
         raise SettingsError([Problem(str(path), "", f"YAML error: {exc}")]) from None
+    except (RecursionError, ValueError) as exc:
+        # Hostile input: nesting deeper than the parser's stack, or an integer past Python's digit limit.
+        raise SettingsError([Problem(str(path), "", f"not a usable thresholds file ({_short(exc)})")]) from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
         raise SettingsError([Problem(f"{path}:1:1", "", f"expected a mapping of sections, got {type(data).__name__}")])
     marks: dict[tuple, str] = {}
-    _collect_marks(node, (), path, marks)
+    _collect_marks(node, (), path, marks, set())
     return data, marks
 
 
-def _collect_marks(node: yaml.Node | None, loc: tuple, path: Path, out: dict[tuple, str]) -> None:
-    """Map each key path to 'file:line:col' of its value, so errors point into the file."""
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _collect_marks(node: yaml.Node | None, loc: tuple, path: Path, out: dict[tuple, str], seen: set[int]) -> None:
+    """Map each key path to 'file:line:col' of its value, so errors point into the file.
+
+    An alias is the same node object as its anchor: each node is walked once, so a "billion laughs"
+    file costs its size, not its expansion. Paths under a repeated alias fall back to the nearest
+    located parent.
+    """
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*loc, key_node.value)
             m = key_node.start_mark
             out[key] = f"{path}:{m.line + 1}:{m.column + 1}"
-            _collect_marks(value_node, key, path, out)
+            _collect_marks(value_node, key, path, out, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             m = item.start_mark
             out[(*loc, i)] = f"{path}:{m.line + 1}:{m.column + 1}"
-            _collect_marks(item, (*loc, i), path, out)
+            _collect_marks(item, (*loc, i), path, out, seen)
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple, str]:
@@ -155,8 +171,9 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple, str]
             raise SettingsError([Problem(f"env {name}", "", "malformed override: use GATE_SECTION__FIELD")])
         try:
             value = yaml.safe_load(env[name]) if env[name].strip() else ""
-        except yaml.YAMLError as exc:
-            raise SettingsError([Problem(f"env {name}", ".".join(parts), f"value is not valid YAML ({exc})")]) from None
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
+            raise SettingsError([Problem(f"env {name}", ".".join(parts),
+                                         f"value is not valid YAML ({_short(exc)})")]) from None
         node = data
         for p in parts[:-1]:
             child = node.get(p)

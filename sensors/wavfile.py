@@ -20,6 +20,11 @@ from gate.audio import SAMPLE_RATE, Frame, Framer, float_to_int16
 from gate.errors import AudioInputError
 
 READ_BLOCK = 1 << 16  # samples per read: bounded memory for same-rate files of any length
+# Rates a real recording can have. A header outside them is corrupt or hostile: a claimed 2**31 Hz
+# would ask the resampler for hundreds of GiB.
+MIN_RATE, MAX_RATE = 1_000, 768_000
+# Above this up/down factor a polyphase filter (about 20 taps per phase) costs more than an FFT.
+MAX_POLYPHASE_FACTOR = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +63,9 @@ def probe(path: str | os.PathLike) -> AudioInfo:
             raise AudioInputError(
                 f"{p}: truncated: the data chunk declares {declared[0]} bytes, the file ends "
                 f"{declared[1] - available} bytes short", code="audio_truncated")
+    if not MIN_RATE <= info.samplerate <= MAX_RATE:
+        raise AudioInputError(
+            f"{p}: sample rate {info.samplerate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz", code="audio_rate")
     if info.samplerate <= 0 or info.channels <= 0:
         raise AudioInputError(
             f"{p}: invalid header (rate={info.samplerate}, channels={info.channels})", code="audio_corrupt")
@@ -167,7 +175,12 @@ def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     if rate_in == rate_out:
         return np.asarray(x, dtype=np.float32)
     g = gcd(int(rate_in), int(rate_out))
-    return signal.resample_poly(np.asarray(x, dtype=np.float32), rate_out // g, rate_in // g).astype(np.float32)
+    up, down = rate_out // g, rate_in // g
+    x = np.asarray(x, dtype=np.float32)
+    if max(up, down) > MAX_POLYPHASE_FACTOR:
+        # Coprime rates (e.g. 767999 Hz): memory linear in the file instead of in up*down.
+        return signal.resample(x, round(x.size * rate_out / rate_in)).astype(np.float32)
+    return signal.resample_poly(x, up, down).astype(np.float32)
 
 
 def read_audio(path: str | os.PathLike, *, target_rate: int = SAMPLE_RATE) -> np.ndarray:

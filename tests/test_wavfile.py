@@ -62,7 +62,7 @@ def _bad_files(tmp_path, tone):
         "text.flac": (b"this is not audio\n" * 20, "audio_corrupt"),
         "mp4.m4a": (b"\x00\x00\x00\x18ftypmp42" + os.urandom(200), "audio_corrupt"),
     }
-    for name, (data, code) in cases.items():
+    for name, (data, _code) in cases.items():
         (tmp_path / name).write_bytes(data)
     return cases
 
@@ -91,3 +91,28 @@ def test_streaming_writer_size_is_accepted(tmp_path, tone):
     p = tmp_path / "streaming.wav"
     p.write_bytes(bytes(raw))
     assert np.array_equal(read_audio(p), x)
+
+
+def test_coprime_rates_resample_by_fft_and_keep_the_tone(tmp_path):
+    # 44101 Hz and 16 kHz share no factor: a polyphase filter would need 16000 x 44101 phases.
+    rate = 44101
+    t = np.arange(rate) / rate
+    p = tmp_path / "odd.wav"
+    sf.write(p, 0.5 * np.sin(2 * np.pi * 1000 * t), rate, subtype="PCM_16")
+    y = read_audio(p)
+    assert len(y) == 16000
+    spec = np.abs(np.fft.rfft(y.astype(float)))
+    assert abs(np.argmax(spec) - 1000) <= 1
+
+
+@pytest.mark.parametrize("rate", [1, 999, 768_001, 2**31 - 1])
+def test_header_rates_outside_real_recordings_are_refused(tmp_path, rate):
+    import struct
+    data = np.zeros(100, "<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, (rate * 2) & 0xFFFFFFFF, 2, 16)
+    body = b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    p = tmp_path / "r.wav"
+    p.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(AudioInputError, match="outside 1000-768000 Hz") as exc:
+        probe(p)
+    assert exc.value.code == "audio_rate"
