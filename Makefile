@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 # Everything the test suite and the demo exercise: node, cloud service, PostgreSQL store, training, HTML report.
 EXTRAS ?= dev,node,cloud,postgres,train,report
 
-.PHONY: setup sysdeps venv test bench demo clean
+.PHONY: setup sysdeps venv test bench demo loadtest clean
 
 setup: sysdeps venv
 
@@ -42,6 +42,10 @@ demo: setup
 	$(VENV)/bin/gate-node replay --scenario datasets/demo --broker embedded \
 	  --report out/demo-report.json --html out/demo-report.html
 	@echo "HTML report: out/demo-report.html"
+
+# 100 simulated nodes against one broker and two cloud workers on loopback (bounded; exits 1 on any loss).
+loadtest: setup
+	$(PY) -m bench.loadtest --out loadtest.json
 
 clean:
 	rm -rf $(VENV) out bench.json .pytest_cache build *.egg-info

@@ -13,6 +13,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse
 import importlib.util
+import inspect
 import json
 import platform
 import sys
@@ -27,6 +28,11 @@ def _load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _needs_arguments(fn) -> bool:
+    return any(p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               for p in inspect.signature(fn).parameters.values())
 
 
 def goals(results: dict) -> list[tuple[str, float, str, float, bool]]:
@@ -54,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in names:
         module = _load(HERE / f"{name}.py")
-        if not hasattr(module, "run"):
-            continue
+        if not callable(getattr(module, "run", None)) or _needs_arguments(module.run):
+            continue  # e.g. loadtest.py: its own target (`make loadtest`), with its own arguments
         print(f"bench {name} ...", file=sys.stderr, flush=True)
         results = module.run()
         report["benches"][name] = results
