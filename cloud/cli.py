@@ -1,20 +1,80 @@
-"""`gate-cloud`: the cloud side's command line (the serve and train commands arrive with their issues)."""
+"""`gate-cloud`: the cloud side's command line (`train`, `serve`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
+from cloud.service.cli import add_serve_parser, serve
 from gate import __version__
+from gate.errors import GateError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gate-cloud", description="gate's cloud side: verifier service and training.")
     p.add_argument("--version", action="version", version=f"gate {__version__}")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    t = sub.add_parser("train", help="synthesise data, train the tiny KWS, verifier and command recogniser, "
+                                     "quantize, evaluate, write models and model cards")
+    t.add_argument("--recipe", required=True, type=Path, help="training recipe YAML (datasets/recipes/hey_jarvis.yaml)")
+    t.add_argument("--out", required=True, type=Path, help="output directory for models and card.json")
+    t.add_argument("--teacher", action="store_true",
+                   help="also train the tiny model on the verifier's soft labels (distillation) and report both")
+    t.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
+    t.add_argument("--scene-minutes", type=float, default=None, help="override the evaluation scene length")
+    t.add_argument("--no-eval", action="store_true", help="skip the evaluation scenes")
+    t.add_argument("--threads", type=int, default=2, help="TensorFlow threads (the machine may be shared)")
+    t.add_argument("--cache-dir", type=Path, default=None,
+                   help="keep synthesised speech here for reruns (default: --out)")
+    t.add_argument("--kinds", default=None,
+                   help="comma-separated feature kinds for the tiny model (default: the recipe's feature_kinds)")
+    t.add_argument("--only", default=None,
+                   help="comma-separated subset of verifier,commands,tiny to train (default: all three); "
+                        "'eval' alone re-scores the tiny models already in --out on the evaluation scenes")
+    t.add_argument("--ship", action="store_true",
+                   help="copy the models into gate/models/ and cloud/models/ (the shipped defaults) when done")
+    s = sub.add_parser("ship", help="copy a finished run's models into gate/models/ and cloud/models/")
+    s.add_argument("run_dir", type=Path, help="the --out directory of a `gate-cloud train` run")
+    add_serve_parser(sub)
     return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cloud.train.pipeline import Options, run
+    from cloud.train.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.seed is not None:
+        recipe = recipe.model_copy(update={"seed": args.seed})
+    if args.kinds:
+        recipe = recipe.model_copy(update={"feature_kinds": args.kinds.split(",")})
+    card = run(recipe, args.out, Options(teacher=args.teacher, scene_minutes=args.scene_minutes,
+                                         threads=args.threads, evaluate=not args.no_eval, cache_dir=args.cache_dir,
+                                         only=tuple(args.only.split(",")) if args.only else None))
+    summary = {name: {k: m.get(k) for k in ("params", "macs", "size_bytes_int8", "size_bytes", "accuracy_test_float",
+                                            "accuracy_test_int8") if k in m}
+               for name, m in card["models"].items()}
+    for name, ev in card.get("evaluation", {}).items():
+        if isinstance(ev, dict) and "tiny" in ev:
+            summary[name]["eval"] = {"tiny": ev["tiny"], "tiny+verifier": ev["tiny+verifier"]}
+    summary["training"] = card["training"]
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}/card.json", file=sys.stderr)
+    if args.ship:
+        return _ship(args.out)
+    return 0
+
+
+def _ship(run_dir: Path) -> int:
+    from cloud.train.ship import ship
+
+    for name, dst in ship(run_dir).items():
+        print(f"shipped {name} -> {dst}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "ship":
+            return _ship(args.run_dir)
+        if args.command == "serve":
+            return serve(args)
+    except GateError as exc:
+        print(f"gate-cloud {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 2
 
 
 if __name__ == "__main__":

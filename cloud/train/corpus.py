@@ -1,0 +1,124 @@
+"""Synthetic speech for training and evaluation, through the data side's TTS tools (sensors.synth).
+
+Every render is drawn from a seeded generator before any process runs, so the corpus is the same
+whatever the number of workers. Voices are split once: ``eval_voices`` speak only in evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from gate.vocabulary import COMMANDS
+from sensors.synth import confusables
+from sensors.synth.errors import TTSError
+from sensors.synth.tts import EngineSet, Utterance, Voice, discover, render
+
+log = logging.getLogger(__name__)
+
+# Everyday words for background sentences: enough variety of phones that the models meet most of
+# English, without needing a text corpus on disk.
+WORDS = (
+    "the a and to of in is it you that he was for on are with as I his they be at one have this from "
+    "or had by hot word but what some we can out other were all there when up use your how said an each "
+    "she which do their time if will way about many then them write would like so these her long make "
+    "thing see him two has look more day could go come did number sound no most people my over know "
+    "water than call first who may down side been now find any new work part take get place made live "
+    "where after back little only round man year came show every good me give our under name very "
+    "through just form sentence great think say help low line differ turn cause much mean before move "
+    "right boy old too same tell does set three want air well also play small end put home read hand "
+    "port large spell add even land here must big high such follow act why ask men change went light "
+    "kind off need house picture try us again animal point mother world near build self earth father "
+    "jar service travel harvest garden jersey charge guard hey hello okay purse nervous carve marvel"
+).split()
+
+
+@dataclass(frozen=True, slots=True)
+class Render:
+    text: str
+    voice_id: str
+    kind: str        # positive | confusable | speech | command:<name>
+    audio: np.ndarray  # float32, 16 kHz, silence-trimmed
+
+
+def split_voices(es: EngineSet, eval_voices: Sequence[str]) -> tuple[list[Voice], list[Voice]]:
+    held = set(eval_voices)
+    voices = list(es.all_voices())
+    train = [v for v in voices if v.id not in held]
+    test = [v for v in voices if v.id in held]
+    if not train:
+        raise TTSError("every available voice is held out for evaluation; nothing left to train on")
+    return train, test or train[:1]
+
+
+def random_sentence(rng: np.random.Generator, lo: int = 3, hi: int = 12) -> str:
+    n = int(rng.integers(lo, hi + 1))
+    return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
+
+
+def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: np.random.Generator,
+         n_pos: int, n_conf: int, n_speech: int, n_cmd: int, rate: tuple[int, int],
+         pitch: tuple[int, int]) -> list[tuple[str, Utterance]]:
+    """(kind, utterance) pairs for a corpus; espeak voices get a random variant half the time."""
+    words = phrase.split()
+    # Edits of the first word only ("bey jarvis") are within how people say the phrase anyway;
+    # rejecting them would cost misses, so only edits that keep the first word are negatives.
+    near = [c.text for c in confusables.generate(phrase, n=120)
+            if len(words) == 1 or c.text.split()[0] == words[0] or len(c.text.split()) == 1]
+    near = near or [words[-1]]
+    # Parts of the phrase and the phrase inside other words are the hardest negatives of all.
+    near += [words[-1], " ".join(words[:-1]), f"{words[0]} {words[-1][:3]}"] if len(words) > 1 else []
+    cmds = [(c.name, p) for c in COMMANDS for p in c.phrases]
+
+    def utt(text: str) -> Utterance:
+        v = voices[int(rng.integers(len(voices)))]
+        if v.engine == "espeak" and variants and rng.random() < 0.5:
+            v = Voice(v.engine, v.name, variants[int(rng.integers(len(variants)))], v.language)
+        return Utterance(text, v, rate=int(rng.integers(rate[0], rate[1] + 1)),
+                         pitch=int(rng.integers(pitch[0], pitch[1] + 1)))
+
+    out: list[tuple[str, Utterance]] = []
+    for _ in range(n_pos):
+        # Sometimes inside a sentence: the wake word rarely comes alone in real speech.
+        # Words before it only: the render then ends where the phrase ends, which places the label.
+        if rng.random() < 0.8:
+            out.append(("positive", utt(phrase)))
+        else:
+            out.append(("positive_ctx", utt(f"{random_sentence(rng, 1, 4)} {phrase}")))
+    for _ in range(n_conf):
+        out.append(("confusable", utt(near[int(rng.integers(len(near)))])))
+    for _ in range(n_speech):
+        out.append(("speech", utt(random_sentence(rng))))
+    for _ in range(n_cmd):
+        name, p = cmds[int(rng.integers(len(cmds)))]
+        out.append((f"command:{name}", utt(p)))
+    return out
+
+
+def synthesise(items: Sequence[tuple[str, Utterance]], *, workers: int = 2, desc: str = "synth") -> list[Render]:
+    """Render every item (in order); a voice that fails on one text is logged and skipped."""
+    def one(item: tuple[str, Utterance]) -> Render | None:
+        kind, u = item
+        try:
+            return Render(u.text, u.voice.id, kind, render(u))
+        except TTSError as exc:
+            log.warning("skipped: %s", exc)
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(tqdm(pool.map(one, items), total=len(items), desc=desc, unit="utt", leave=False))
+    return [r for r in done if r is not None and r.audio.size > 800]
+
+
+def engines(names: Sequence[str]) -> EngineSet:
+    """The installed voices of the named engines (missing engines are skipped, all missing is an error)."""
+    es = discover(None)
+    voices = {e: v for e, v in es.voices.items() if e in names}
+    if not voices:
+        raise TTSError(f"none of the engines {list(names)} is available ({es.skipped})", code="tts_missing")
+    return EngineSet(voices, es.variants if "espeak" in voices else (), es.skipped)

@@ -1,0 +1,126 @@
+"""Fixed-length labelled clips from renders: where the wake phrase ends decides the label.
+
+A wake clip is ``clip_s`` long and ends where the detector should fire: a positive's phrase ends
+0.05-0.35 s before the clip ends, so the tiny model (the clip's last second) and the verifier (all
+of it) learn from the same examples, which is what lets the verifier teach the tiny model.
+Hard negatives include the phrase cut off part-way ("hey jar..."), so the model fires at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from cloud.train import augment
+from cloud.train.corpus import Render
+from cloud.train.recipe import AugmentSpec
+
+SR = 16_000
+
+
+@dataclass(slots=True)
+class Clips:
+    audio: np.ndarray   # (n, samples) float32
+    labels: np.ndarray  # (n,) int: 0/1 for the wake models, class index for commands
+    kinds: list[str]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def _place(speech: np.ndarray, n: int, end_at: int) -> np.ndarray:
+    """speech positioned so that it ends at sample ``end_at`` of an n-sample clip (cut at the start)."""
+    out = np.zeros(n, np.float32)
+    start = end_at - speech.size
+    src = speech[max(0, -start):]
+    a = max(0, start)
+    b = min(n, a + src.size)
+    out[a:b] = src[: b - a]
+    return out
+
+
+def _dress(x: np.ndarray, rng: np.random.Generator, aug: AugmentSpec, babble_pool: Sequence[np.ndarray],
+           speech_mask: bool = True) -> np.ndarray:
+    if speech_mask and rng.random() < aug.reverb_prob:
+        x = augment.reverb(x, rng)
+    kind = augment.TRAIN_BACKGROUNDS[int(rng.integers(len(augment.TRAIN_BACKGROUNDS)))]
+    noise = augment.background(kind, x.size, rng, babble_pool)
+    if speech_mask and np.any(x):
+        snr = rng.uniform(*aug.snr_db) if rng.random() < 0.85 else rng.uniform(30, 50)
+        y = augment.mix(x, noise, snr)
+    else:
+        y = noise
+    lo, hi = aug.gain_db
+    peak = rng.uniform(lo, hi) - 3.0
+    if not np.any(x):
+        peak -= rng.uniform(0, 30)  # background-only clips span quiet rooms too
+    return augment.set_peak(y, peak)
+
+
+def wake_clips(renders: Sequence[Render], *, clip_s: float, aug: AugmentSpec, rng: np.random.Generator,
+               babble_pool: Sequence[np.ndarray], noise_only: int, desc: str = "clips") -> Clips:
+    n = int(round(clip_s * SR))
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    kinds: list[str] = []
+    for r in tqdm(renders, desc=desc, unit="utt", leave=False):
+        positive = r.kind.startswith("positive")
+        for _ in range(aug.copies):
+            if positive:
+                end = n - int(rng.uniform(0.05, 0.35) * SR)
+                xs.append(_dress(_place(r.audio, n, end), rng, aug, babble_pool))
+                ys.append(1)
+                kinds.append(r.kind)
+            else:
+                end = int(rng.uniform(0.5, 1.0) * n) if rng.random() < 0.5 else n - int(rng.uniform(0, 0.3) * SR)
+                xs.append(_dress(_place(r.audio, n, end), rng, aug, babble_pool))
+                ys.append(0)
+                kinds.append(r.kind)
+        if r.kind == "positive" and rng.random() < 0.5:
+            cut = r.audio[: int(r.audio.size * rng.uniform(0.4, 0.75))]
+            xs.append(_dress(_place(cut, n, n - int(rng.uniform(0.0, 0.2) * SR)), rng, aug, babble_pool))
+            ys.append(0)
+            kinds.append("partial")
+    for _ in range(noise_only):
+        xs.append(_dress(np.zeros(n, np.float32), rng, aug, babble_pool, speech_mask=False))
+        ys.append(0)
+        kinds.append("noise")
+    return Clips(np.stack(xs), np.asarray(ys, np.int64), kinds)
+
+
+def command_clips(renders: Sequence[Render], class_names: Sequence[str], *, clip_s: float, aug: AugmentSpec,
+                  rng: np.random.Generator, babble_pool: Sequence[np.ndarray], noise_only: int,
+                  desc: str = "command clips") -> Clips:
+    """Command after the wake word: the utterance starts 0-0.3 s into the clip. Last classes: unknown, silence."""
+    n = int(round(clip_s * SR))
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown, silence = index["_unknown"], index["_silence"]
+    xs, ys, kinds = [], [], []
+    for r in tqdm(renders, desc=desc, unit="utt", leave=False):
+        label = index.get(r.kind.removeprefix("command:"), unknown) if r.kind.startswith("command:") else unknown
+        copies = aug.copies
+        for _ in range(copies):
+            start = int(rng.uniform(0.0, 0.3) * SR)
+            xs.append(_dress(_place(r.audio[: n - start], n, start + min(r.audio.size, n - start)), rng, aug,
+                             babble_pool))
+            ys.append(label)
+            kinds.append(r.kind)
+    for _ in range(noise_only):
+        xs.append(_dress(np.zeros(n, np.float32), rng, aug, babble_pool, speech_mask=False))
+        ys.append(silence)
+        kinds.append("noise")
+    return Clips(np.stack(xs), np.asarray(ys, np.int64), kinds)
+
+
+def featurize(clips: Clips, featurizer, frames: int, desc: str = "features") -> np.ndarray:
+    """(n, frames, dim) float32: the last ``frames`` feature frames of every clip."""
+    out = np.zeros((len(clips), frames, featurizer.dim), np.float32)
+    for i in tqdm(range(len(clips)), desc=desc, unit="clip", leave=False):
+        f = featurizer.compute(clips.audio[i])
+        if f.shape[0] < frames:
+            raise ValueError(f"clip gives {f.shape[0]} feature frames, model needs {frames}")
+        out[i] = f[-frames:]
+    return out

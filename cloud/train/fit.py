@@ -1,0 +1,121 @@
+"""Training loop, TFLite export and clip-level accuracy: the parts that touch TensorFlow."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+
+def setup_tf(seed: int, threads: int) -> None:
+    """Deterministic ops and bounded threads (the machine is shared)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already ran in this process (e.g. under pytest); its thread pools are fixed now
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+class _Bar:
+    """A tqdm bar over epochs showing the latest metrics (keras' own printing stays off)."""
+
+    @staticmethod
+    def make(epochs: int, desc: str):
+        import keras
+
+        class Cb(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.bar = tqdm(total=epochs, desc=desc, unit="epoch", leave=False)
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.bar.set_postfix({k: f"{v:.3f}" for k, v in (logs or {}).items()})
+                self.bar.update(1)
+
+            def on_train_end(self, logs=None):
+                self.bar.close()
+
+        return Cb()
+
+
+def train(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, lr: float, seed: int,
+          x_val: np.ndarray, y_val: np.ndarray, desc: str) -> dict:
+    """Adam with cosine decay; binary (one sigmoid, soft targets allowed) or sparse categorical loss."""
+    import keras
+
+    steps = epochs * int(np.ceil(len(x) / batch))
+    opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.02))
+    binary = model.output.shape[-1] == 1
+    if binary:
+        model.compile(opt, loss=keras.losses.BinaryCrossentropy(), metrics=[keras.metrics.BinaryAccuracy("acc")])
+    else:
+        model.compile(opt, loss="sparse_categorical_crossentropy",
+                      metrics=[keras.metrics.SparseCategoricalAccuracy("acc")])
+    hist = model.fit(x, y.astype(np.float32) if binary else y, batch_size=batch, epochs=epochs, shuffle=True,
+                     validation_data=(x_val, y_val.astype(np.float32) if binary else y_val), verbose=0,
+                     callbacks=[_Bar.make(epochs, desc)])
+    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
+def predict(model, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    return np.asarray(model.predict(x, batch_size=batch, verbose=0), np.float32)
+
+
+def to_tflite(model, *, int8: bool, representative: np.ndarray | None = None) -> bytes:
+    """Float32 or full-integer (int8 in, int8 out) TFLite; the representative set calibrates every tensor."""
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        if representative is None or not len(representative):
+            raise ValueError("int8 export needs a representative dataset")
+        rep = representative.astype(np.float32)
+
+        def gen():
+            for i in range(len(rep)):
+                yield [rep[i:i + 1]]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = gen
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    return strip_names(conv.convert())
+
+
+def strip_names(content: bytes) -> bytes:
+    """Drop tensor names and conversion metadata: kilobytes an MCU's flash should not carry."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_predict(content: bytes, x: np.ndarray) -> np.ndarray:
+    from gate.kws.interpreter import TFLiteModel
+
+    m = TFLiteModel(model_content=content)
+    return m.run_batch(x)
+
+
+def binary_accuracy(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
+    return float(np.mean((np.asarray(p).reshape(-1) >= threshold) == (np.asarray(y).reshape(-1) >= 0.5)))
+
+
+def balanced_accuracy(p: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean of the hit rate on positives and the rejection rate on negatives: chance is 0.5 at any class balance."""
+    hit = np.asarray(p).reshape(-1) >= threshold
+    pos = np.asarray(y).reshape(-1) >= 0.5
+    rates = [float(np.mean(hit[pos])) if pos.any() else 1.0, float(np.mean(~hit[~pos])) if (~pos).any() else 1.0]
+    return float(np.mean(rates))
+
+
+def class_accuracy(p: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.argmax(p, axis=-1) == y))

@@ -1,0 +1,418 @@
+"""`gate-cloud train`: synthesise, train the three models, quantize, evaluate, write models and cards.
+
+Order matters: the verifier is trained first because it is the tiny model's teacher. Everything
+random comes from one seeded generator per step, so a recipe and seed rebuild the same models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cloud.train import corpus, dataset, fit, metrics, scenes
+from cloud.train.models import build, cost
+from cloud.train.recipe import Recipe
+from gate.kws.config import KwsConfig
+from gate.kws.detector import Detector
+from gate.kws.featurize import Featurizer
+from gate.kws.stage import KeywordSpotter
+from gate.vocabulary import COMMANDS
+
+log = logging.getLogger(__name__)
+SR = 16_000
+PARTS = ("verifier", "commands", "tiny")
+CURVE = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+THRESHOLDS = np.round(np.arange(0.30, 0.995, 0.01), 3)
+
+
+@dataclass
+class Options:
+    teacher: bool = False          # also train a tiny model on the verifier's soft labels and compare
+    scene_minutes: float | None = None  # override the recipe's evaluation length (quick runs)
+    threads: int = 2
+    evaluate: bool = True
+    only: tuple[str, ...] | None = None  # a subset of PARTS; the tiny models' teacher needs "verifier"
+    cache_dir: Path | None = None  # where synthesised renders are kept between runs (default: the output dir)
+
+
+def cached_renders(cache: Path, what: str, recipe: Recipe, make):
+    """Renders are the slow, model-independent part: keep them per (phrase, seed, corpus) for reruns."""
+    key = hashlib.sha256(json.dumps([recipe.phrase, recipe.seed, recipe.corpus.model_dump(mode="json")],
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"renders-{what}-{key}.pkl"
+    if path.is_file():
+        with path.open("rb") as f:
+            return pickle.load(f)
+    renders = make()
+    if renders is None:
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump(renders, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return renders
+
+
+@dataclass
+class _Meter:
+    """CPU seconds of this process (all threads) x watts per busy core: the training energy figure."""
+
+    watts: float
+    cpu0: float = field(default_factory=time.process_time)
+
+    def report(self) -> dict:
+        cpu = time.process_time() - self.cpu0
+        return {"cpu_s": round(cpu, 1), "watts_per_core": self.watts, "energy_j": round(cpu * self.watts, 1),
+                "energy_wh": round(cpu * self.watts / 3600, 3), "method": "process CPU time x watts per busy core"}
+
+
+def _rng(seed: int, step: str) -> np.random.Generator:
+    return np.random.default_rng([seed, sum(map(ord, step))])
+
+
+def run(recipe: Recipe, out: Path, opts: Options) -> dict:
+    if opts.only and set(opts.only) == {"eval"}:
+        return reevaluate(recipe, out, opts)
+    meter = _Meter(recipe.cpu_watts)
+    fit.setup_tf(recipe.seed, opts.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    card: dict = {"recipe": recipe.model_dump(mode="json"), "phrase": recipe.phrase, "seed": recipe.seed}
+
+    # --- data -------------------------------------------------------------------------------
+    c = recipe.corpus
+    es = corpus.engines(c.engines)
+    train_v, eval_v = corpus.split_voices(es, c.eval_voices)
+    variants = list(es.variants)
+    train_items = corpus.plan(recipe.phrase, voices=train_v, variants=variants, rng=_rng(recipe.seed, "plan"),
+                              n_pos=c.positives, n_conf=c.confusables, n_speech=c.speech, n_cmd=c.command_renders,
+                              rate=c.rate_wpm, pitch=c.pitch)
+    cache = opts.cache_dir or out
+    train_r = cached_renders(cache, "train", recipe, lambda: corpus.synthesise(train_items, workers=c.workers,
+                                                                         desc="synth train"))
+    eval_r = cached_renders(cache, "eval", recipe, lambda: eval_renders(recipe, eval_v))
+    card["data"] = _data_card(train_r, eval_r, train_v, eval_v, variants)
+
+    babble = [r.audio for r in train_r if r.kind == "speech"][:400]
+    eval_babble = [r.audio for r in eval_r if r.kind == "speech"]
+    parts = set(opts.only or PARTS)
+    if parts & {"verifier", "tiny"}:
+        wake_r = [r for r in train_r if not r.kind.startswith("command:")]
+        rng = _rng(recipe.seed, "clips")
+        clips = dataset.wake_clips(wake_r, clip_s=recipe.clip_s, aug=recipe.augment, rng=rng, babble_pool=babble,
+                                   noise_only=len(wake_r) // 6, desc="wake clips")
+        test = dataset.wake_clips([r for r in eval_r if not r.kind.startswith("command:")], clip_s=recipe.clip_s,
+                                  aug=recipe.augment, rng=_rng(recipe.seed, "test"), babble_pool=eval_babble,
+                                  noise_only=60, desc="test clips")
+        order = _rng(recipe.seed, "split").permutation(len(clips))
+        n_val = max(1, len(clips) // 10)
+        val_idx, tr_idx = order[:n_val], order[n_val:]
+        card["data"]["wake_clips"] = {"train": int(tr_idx.size), "val": int(val_idx.size),
+                                      "test_heldout_voices": len(test),
+                                      "positives_train": int(clips.labels[tr_idx].sum()),
+                                      "positives_test": int(test.labels.sum())}
+
+    # --- verifier (float, cloud) --------------------------------------------------------------
+    lm = Featurizer("logmel")
+    models: dict[str, dict] = {}
+    teacher_p = None
+    if "verifier" in parts:
+        vspec = recipe.verifier
+        xv = dataset.featurize(clips, lm, vspec.window_frames, desc="verifier features")
+        xv_test = dataset.featurize(test, lm, vspec.window_frames, desc="verifier test features")
+        mean, std = _stats(xv[tr_idx])
+        t0 = time.process_time()
+        verifier = build(vspec, dim=lm.dim, n_out=1, mean=mean, std=std, name="verifier")
+        hist = fit.train(verifier, xv[tr_idx], clips.labels[tr_idx], epochs=vspec.epochs, batch=vspec.batch,
+                         lr=vspec.lr, seed=recipe.seed, x_val=xv[val_idx], y_val=clips.labels[val_idx],
+                         desc="verifier")
+        v_bytes = fit.to_tflite(verifier, int8=False)
+        (out / "verifier.tflite").write_bytes(v_bytes)
+        vc = cost(verifier)
+        teacher_p = fit.predict(verifier, xv)[:, 0]
+        v_test_p = fit.tflite_predict(v_bytes, xv_test)[:, 0]
+        vcard = {"model": "verifier", "feature_kind": "logmel", "features": lm.spec(),
+                 "window_frames": vspec.window_frames,
+                 "params": vc.params, "macs": vc.macs, "size_bytes": len(v_bytes), "dtype": "float32",
+                 "threshold": recipe.evaluation.verifier_threshold,
+                 "accuracy_val_float": fit.binary_accuracy(teacher_p[val_idx], clips.labels[val_idx]),
+                 "accuracy_test_float": fit.binary_accuracy(v_test_p, test.labels),
+                 "train_cpu_s": round(time.process_time() - t0, 1), "history": _last(hist)}
+        (out / "verifier.json").write_text(json.dumps({"phrase": recipe.phrase, **vcard}, indent=2) + "\n")
+        del xv
+        models["verifier"] = vcard
+
+    # --- command recogniser (float, cloud) ----------------------------------------------------
+    if "commands" in parts:
+        cspec = recipe.commands
+        classes = [cmd.name for cmd in COMMANDS] + ["_unknown", "_silence"]
+        # Every other utterance is an "_unknown" example: in use, most speech after a false wake is not a command.
+        cmd_r = [r for r in train_r if r.kind.startswith("command:") or r.kind in ("speech", "confusable")]
+        cclips = dataset.command_clips(cmd_r, classes, clip_s=1.6, aug=recipe.augment, rng=_rng(recipe.seed, "cmd"),
+                                       babble_pool=babble, noise_only=max(50, len(cmd_r) // 10))
+        ctest = dataset.command_clips([r for r in eval_r if r.kind.startswith("command:") or r.kind == "speech"],
+                                      classes, clip_s=1.6, aug=recipe.augment, rng=_rng(recipe.seed, "cmdtest"),
+                                      babble_pool=eval_babble, noise_only=30, desc="command test clips")
+        xc = dataset.featurize(cclips, lm, cspec.window_frames, desc="command features")
+        xc_test = dataset.featurize(ctest, lm, cspec.window_frames, desc="command test features")
+        corder = _rng(recipe.seed, "csplit").permutation(len(cclips))
+        cv, ct = corder[: len(corder) // 10], corder[len(corder) // 10:]
+        cm, cs = _stats(xc[ct])
+        t0 = time.process_time()
+        cmodel = build(cspec, dim=lm.dim, n_out=len(classes), mean=cm, std=cs, name="commands")
+        chist = fit.train(cmodel, xc[ct], cclips.labels[ct], epochs=cspec.epochs, batch=cspec.batch, lr=cspec.lr,
+                          seed=recipe.seed, x_val=xc[cv], y_val=cclips.labels[cv], desc="commands")
+        c_bytes = fit.to_tflite(cmodel, int8=False)
+        (out / "commands.tflite").write_bytes(c_bytes)
+        ccost = cost(cmodel)
+        ccard = {"model": "commands", "feature_kind": "logmel", "features": lm.spec(), "classes": classes,
+                 "window_frames": cspec.window_frames, "params": ccost.params, "macs": ccost.macs,
+                 "size_bytes": len(c_bytes), "dtype": "float32",
+                 "accuracy_val_float": fit.class_accuracy(fit.predict(cmodel, xc[cv]), cclips.labels[cv]),
+                 "accuracy_test_float": fit.class_accuracy(fit.tflite_predict(c_bytes, xc_test), ctest.labels),
+                 "train_cpu_s": round(time.process_time() - t0, 1), "history": _last(chist)}
+        models["commands"] = ccard
+        (out / "commands.json").write_text(json.dumps({"phrase": recipe.phrase, **ccard}, indent=2) + "\n")
+
+    # --- tiny models (int8, node) ---------------------------------------------------------------
+    tspec = recipe.tiny
+    tiny_cards: dict[str, dict] = {}
+    tiny_bytes: dict[str, bytes] = {}
+    for kind in (recipe.feature_kinds if "tiny" in parts else []):
+        fz = Featurizer(kind)
+        x = dataset.featurize(clips, fz, tspec.window_frames, desc=f"tiny features {kind}")
+        x_test = dataset.featurize(test, fz, tspec.window_frames, desc=f"tiny test features {kind}")
+        variants_to_train = [("hard", clips.labels.astype(np.float32))]
+        if opts.teacher and kind == "logmel" and teacher_p is not None:
+            a = recipe.distill.alpha
+            variants_to_train.append(("distilled", a * clips.labels + (1 - a) * teacher_p))
+        for how, y in variants_to_train:
+            name = f"tiny_{kind}" + ("_distilled" if how == "distilled" else "")
+            tc, b = _train_tiny(tspec, x, y, clips.labels, tr_idx, val_idx, x_test, test.labels, fz, recipe.seed,
+                                name)
+            tiny_cards[name] = tc
+            tiny_bytes[name] = b
+            (out / f"{name}.tflite").write_bytes(b)
+
+    # --- evaluation scenes ----------------------------------------------------------------------
+    if opts.evaluate and tiny_cards:
+        card["evaluation"] = evaluate_scenes(recipe, out, tiny_cards, eval_r, train_r, opts)
+    card["training"] = meter.report()
+    card["models"] = {**models, **tiny_cards}
+    _write_cards(out, card)
+    return card
+
+
+def reevaluate(recipe: Recipe, out: Path, opts: Options) -> dict:
+    """Score the tiny models of a finished run on freshly built scenes (no training); rewrites its cards."""
+    card = json.loads((out / "card.json").read_text())
+    c = recipe.corpus
+    es = corpus.engines(c.engines)
+    train_v, eval_v = corpus.split_voices(es, c.eval_voices)
+    cache = opts.cache_dir or out
+    train_r = cached_renders(cache, "train", recipe, lambda: None)
+    eval_r = cached_renders(cache, "eval", recipe, lambda: eval_renders(recipe, eval_v))
+    if train_r is None:
+        raise FileNotFoundError(f"{cache}: no cached training renders to build dev scenes from")
+    tiny = {n: m for n, m in card["models"].items() if n.startswith("tiny_")}
+    card["evaluation"] = evaluate_scenes(recipe, out, tiny, eval_r, train_r, opts)
+    card["recipe"]["evaluation"] = recipe.evaluation.model_dump(mode="json")
+    _write_cards(out, card)
+    return card
+
+
+def eval_renders(recipe: Recipe, eval_voices=None) -> list[corpus.Render]:
+    """Held-out-voice speech for test clips and scenes; no espeak variant (variants are training-only)."""
+    c = recipe.corpus
+    if eval_voices is None:
+        eval_voices = corpus.split_voices(corpus.engines(c.engines), c.eval_voices)[1]
+    items = corpus.plan(recipe.phrase, voices=eval_voices, variants=[], rng=_rng(recipe.seed, "eval"),
+                        n_pos=max(60, c.positives // 12), n_conf=max(40, c.confusables // 12),
+                        n_speech=max(80, c.speech // 8), n_cmd=max(60, c.command_renders // 12),
+                        rate=c.rate_wpm, pitch=c.pitch)
+    return corpus.synthesise(items, workers=c.workers, desc="synth eval")
+
+
+def build_eval_scenes(recipe: Recipe, eval_r: list[corpus.Render], minutes: float) -> list[scenes.Scene]:
+    ev = recipe.evaluation
+    return [_scene(recipe, k, eval_r, minutes, "scene") for k in tqdm(ev.scenes, desc="eval scenes", leave=False)]
+
+
+def _scene(recipe: Recipe, kind: str, renders: list[corpus.Render], minutes: float, step: str) -> scenes.Scene:
+    ev = recipe.evaluation
+    return scenes.build(kind, minutes=minutes, keywords_per_hour=ev.keywords_per_hour,
+                        rng=_rng(recipe.seed, step + kind),
+                        positives=[r for r in renders if r.kind == "positive"],
+                        others=[r for r in renders if r.kind == "speech"],
+                        commands=[r for r in renders if r.kind.startswith("command:")],
+                        confusables=[r for r in renders if r.kind == "confusable"],
+                        confusables_per_hour=ev.confusables_per_hour)
+
+
+def _train_tiny(tspec, x, y, hard, tr_idx, val_idx, x_test, y_test, fz, seed, name) -> tuple[dict, bytes]:
+    mean, std = _stats(x[tr_idx])
+    t0 = time.process_time()
+    model = build(tspec, dim=fz.dim, n_out=1, mean=mean, std=std, name=name)
+    hist = fit.train(model, x[tr_idx], y[tr_idx], epochs=tspec.epochs, batch=tspec.batch, lr=tspec.lr, seed=seed,
+                     x_val=x[val_idx], y_val=hard[val_idx].astype(np.float32), desc=name)
+    train_s = time.process_time() - t0
+    f_bytes = fit.to_tflite(model, int8=False)
+    rep = x[tr_idx][_rng(seed, "rep").permutation(tr_idx.size)[:500]]
+    q_bytes = fit.to_tflite(model, int8=True, representative=rep)
+    k = cost(model)
+    pf = fit.tflite_predict(f_bytes, x_test)[:, 0]
+    pq = fit.tflite_predict(q_bytes, x_test)[:, 0]
+    pqv = fit.tflite_predict(q_bytes, x[val_idx])[:, 0]
+    card = {"model": name, "feature_kind": fz.kind, "features": fz.spec(), "window_frames": tspec.window_frames,
+            "params": k.params, "macs": k.macs, "size_bytes_int8": len(q_bytes), "size_bytes_float": len(f_bytes),
+            "accuracy_val_float": fit.binary_accuracy(fit.predict(model, x[val_idx])[:, 0], hard[val_idx]),
+            "accuracy_val_int8": fit.binary_accuracy(pqv, hard[val_idx]),
+            "accuracy_test_float": fit.binary_accuracy(pf, y_test),
+            "accuracy_test_int8": fit.binary_accuracy(pq, y_test),
+            "balanced_accuracy_test_float": fit.balanced_accuracy(pf, y_test),
+            "balanced_accuracy_test_int8": fit.balanced_accuracy(pq, y_test),
+            "int8_float_max_abs_diff_test": float(np.max(np.abs(pf - pq))) if pf.size else 0.0,
+            "train_cpu_s": round(train_s, 1), "history": _last(hist)}
+    return card, q_bytes
+
+
+def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r, opts: Options) -> dict:
+    """Detector threshold chosen on dev scenes (training voices), then scored on held-out-voice scenes."""
+    from cloud.verifier import Verifier
+
+    ev = recipe.evaluation
+    minutes = opts.scene_minutes or ev.minutes
+    # Dev scenes (threshold tuning) speak with training voices: the held-out voices stay unseen until scoring.
+    def last(kind: str, n: int) -> list:
+        return [r for r in train_r if r.kind.startswith(kind)][-n:]
+
+    dev_r = last("positive", 200) + last("speech", 400) + last("command:", 100) + last("confusable", 100)
+    dev = [_scene(recipe, k, dev_r, max(min(5.0, minutes), minutes / 3), "dev")
+           for k in tqdm(ev.scenes, desc="dev scenes", leave=False)]
+    tests = build_eval_scenes(recipe, eval_r, minutes)
+    own = out / "verifier.tflite"
+    verifier = Verifier(threshold=ev.verifier_threshold, **({"model_path": own} if own.is_file() else {}))
+    result: dict = {"scene_minutes": minutes, "scenes": ev.scenes,
+                    "note": "scenes built by cloud/train/scenes.py from held-out voices (eval_voices)"}
+    for name in tiny_cards:
+        kind = tiny_cards[name]["feature_kind"]
+        base = KwsConfig(model_path=str(out / f"{name}.tflite"), feature_kind=kind)
+        dev_scores = [_posteriors(base, s) for s in dev]
+        thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour)
+        cfg = base.model_copy(update={"threshold": thr})
+        per_scene, tiny_all, ver_all, all_scored = {}, [], [], []
+        cpu = 0.0
+        for s in tests:
+            t0 = time.process_time()
+            scored = _posteriors(cfg, s)
+            cpu += time.process_time() - t0
+            all_scored.append(scored)
+            times = _detect(cfg, scored)
+            tiny = metrics.score(times, s.keywords, s.hours)
+            kept = [t for t in times if _verified(verifier, s.audio, t)]
+            ver = metrics.score(kept, s.keywords, s.hours)
+            per_scene[s.name] = {"tiny": tiny.as_dict(), "tiny+verifier": ver.as_dict()}
+            tiny_all.append(tiny)
+            ver_all.append(ver)
+        hours = sum(s.hours for s in tests)
+        result[name] = {"threshold": thr, "scenes": per_scene, "tiny": metrics.combine(tiny_all).as_dict(),
+                        "tiny+verifier": metrics.combine(ver_all).as_dict(),
+                        "kws_cpu_s_per_audio_hour_ungated": round(cpu / hours, 1),
+                        "curve": _curve(base, tests, all_scored, verifier)}
+    return result
+
+
+def _curve(cfg: KwsConfig, tests: list, scored: list, verifier) -> list[dict]:
+    """Miss rate and FA/h of the tiny model alone and with the verifier, across detector thresholds."""
+    verdicts: dict[tuple[int, float], bool] = {}
+    out = []
+    for thr in CURVE:
+        c = cfg.model_copy(update={"threshold": thr})
+        tiny, ver = [], []
+        for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
+            times = _detect(c, sc)
+            tiny.append(metrics.score(times, s.keywords, s.hours))
+            for t in times:
+                if (i, t) not in verdicts:
+                    verdicts[(i, t)] = _verified(verifier, s.audio, t)
+            ver.append(metrics.score([t for t in times if verdicts[(i, t)]], s.keywords, s.hours))
+        a, b = metrics.combine(tiny), metrics.combine(ver)
+        out.append({"threshold": thr, "miss_rate": round(a.miss_rate, 4), "fa_per_hour": round(a.fa_per_hour, 3),
+                    "verified_miss_rate": round(b.miss_rate, 4), "verified_fa_per_hour": round(b.fa_per_hour, 3)})
+    return out
+
+
+def _verified(verifier, audio: np.ndarray, t: float) -> bool:
+    """What the cloud does with a forwarded segment: 2.5 s of pre-roll and phrase, 0.5 s after the fire."""
+    a = max(0, int((t - 2.5) * SR))
+    return verifier.verify(audio[a:int((t + 0.5) * SR)], t - a / SR)[0]
+
+
+def _posteriors(cfg: KwsConfig, scene: scenes.Scene) -> list:
+    kws = KeywordSpotter.from_config(cfg, keep_scores=True)
+    step = SR  # one second per call, as a node would feed it
+    for i in range(0, scene.audio.size, step):
+        kws.process(scene.audio[i:i + step])
+    return kws.scores
+
+
+def _detect(cfg: KwsConfig, scored: list) -> list[float]:
+    d = Detector(threshold=cfg.threshold, smoothing_s=cfg.smoothing_s, min_consecutive=cfg.min_consecutive,
+                 refractory_s=cfg.refractory_s, period_s=cfg.stride_frames * 0.01)
+    return [det.t_s for det in d.run(np.array([s.posterior for s in scored]), np.array([s.t_s for s in scored]))]
+
+
+def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: float) -> float:
+    """Lowest threshold whose false accepts on the dev scenes stay within ``fa_per_hour``."""
+    best = float(THRESHOLDS[-1])
+    hours = sum(s.hours for s in dev)
+    for thr in THRESHOLDS:
+        c = cfg.model_copy(update={"threshold": float(thr)})
+        fa = sum(metrics.score(_detect(c, sc), s.keywords, s.hours).false_accepts
+                 for s, sc in zip(dev, dev_scores, strict=True))
+        if fa <= fa_per_hour * hours:
+            best = float(thr)
+            break
+    return best
+
+
+def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = x.reshape(-1, x.shape[-1])
+    return flat.mean(axis=0), flat.std(axis=0) + 1e-3
+
+
+def _last(hist: dict) -> dict:
+    return {k: round(v[-1], 4) for k, v in hist.items()}
+
+
+def _data_card(train_r, eval_r, train_v, eval_v, variants) -> dict:
+    def counts(rs):
+        out: dict[str, int] = {}
+        for r in rs:
+            k = r.kind.split(":")[0]
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    return {"synthetic_only": True, "engines": sorted({v.engine for v in train_v}),
+            "train_voices": [v.id for v in train_v], "eval_voices": [v.id for v in eval_v],
+            "espeak_variants": len(variants), "train_renders": counts(train_r), "eval_renders": counts(eval_r),
+            "train_audio_s": round(sum(r.audio.size for r in train_r) / SR, 1),
+            "policy": "espeak-ng (+variants, mbrola) and pico2wave speech, generated noise and reverb; "
+                      "no flite/festival voices, no asterisk/alsa-utils sounds"}
+
+
+def _write_cards(out: Path, card: dict) -> None:
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    ev = card.get("evaluation", {})
+    for name, m in card["models"].items():
+        per = {"phrase": card["phrase"], **m}
+        if name in ev:
+            per["evaluation"] = ev[name]
+            per["detector"] = {"threshold": ev[name]["threshold"]}
+        (out / f"{name}.json").write_text(json.dumps(per, indent=2) + "\n")

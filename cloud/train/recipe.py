@@ -1,0 +1,99 @@
+"""The training recipe: everything `gate-cloud train` needs to rebuild the three models from nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from gate.errors import ConfigError
+from gate.strict import Strict
+
+
+class CorpusSpec(Strict):
+    """What to synthesise. Voices listed in eval_voices are never trained on."""
+
+    positives: int = Field(2400, ge=10, le=200_000, description="Wake-phrase renders")
+    confusables: int = Field(1200, ge=0, le=200_000, description="Renders of phonetic near-misses")
+    speech: int = Field(1500, ge=0, le=200_000, description="Renders of other speech (random sentences)")
+    command_renders: int = Field(1500, ge=0, le=200_000, description="Renders of command phrases")
+    rate_wpm: tuple[int, int] = Field((130, 220), description="Speaking-rate range, espeak words per minute")
+    pitch: tuple[int, int] = Field((25, 80), description="Pitch range, espeak 0..99")
+    engines: list[Literal["espeak", "mbrola", "pico"]] = Field(["espeak", "mbrola", "pico"])
+    eval_voices: list[str] = Field(
+        ["espeak:en-gb-x-gbcwmd", "mbrola:mb-us3", "mbrola:mb-de5-en", "pico:en-GB"],
+        description="Held out from training; evaluation scenes speak only with these")
+    workers: int = Field(2, ge=1, le=16, description="Parallel TTS processes")
+
+
+class AugmentSpec(Strict):
+    copies: int = Field(2, ge=1, le=10, description="Augmented copies of each training render")
+    snr_db: tuple[float, float] = Field((0.0, 25.0), description="Speech-to-noise ratio range, dB")
+    reverb_prob: float = Field(0.5, ge=0.0, le=1.0)
+    gain_db: tuple[float, float] = Field((-20.0, 0.0), description="Level range of the mixed clip, dB re -3 dBFS peak")
+
+
+class ModelSpec(Strict):
+    window_frames: int = Field(..., ge=10, le=400, description="Feature frames the model sees (10 ms each)")
+    stem: int = Field(..., ge=4, le=512, description="Channels of the first (strided) convolution")
+    blocks: list[tuple[int, int]] = Field(..., description="(channels, stride) of each depthwise-separable block")
+    kernel: int = Field(7, ge=3, le=31, description="Depthwise kernel length, frames")
+    epochs: int = Field(20, ge=1, le=500)
+    batch: int = Field(128, ge=8, le=4096)
+    lr: float = Field(3e-3, gt=0.0, le=1.0)
+    dropout: float = Field(0.1, ge=0.0, le=0.9)
+    band_dropout: float = Field(
+        0.0, ge=0.0, le=0.5, description="Training-time dropout of whole feature bands (SpecAugment-style masking)")
+    input_noise: float = Field(0.0, ge=0.0, le=1.0, description="Training-time Gaussian noise on standardised features")
+    bn_momentum: float = Field(
+        0.9, ge=0.5, lt=1.0, description="Batch-norm moving-average momentum; 0.99 needs thousands of steps to settle")
+
+
+class DistillSpec(Strict):
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the hard label; 1 - alpha goes to the teacher")
+
+
+class EvalSpec(Strict):
+    scenes: list[Literal["quiet_home", "noisy_kitchen", "office_babble"]] = Field(
+        ["quiet_home", "noisy_kitchen", "office_babble"])
+    minutes: float = Field(60.0, gt=0.0, le=600.0, description="Length of each evaluation scene, minutes")
+    keywords_per_hour: float = Field(60.0, ge=1.0, le=600.0)
+    confusables_per_hour: float = Field(
+        10.0, ge=0.0, le=600.0, description="Near-misses of the phrase per hour of scene (counted as false accepts)")
+    verifier_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    dev_fa_per_hour: float = Field(
+        1.0, ge=0.0, le=100.0, description="False accepts per hour allowed on the dev scenes when tuning the threshold")
+
+
+class Recipe(Strict):
+    name: str = Field(..., pattern=r"^[a-z0-9_]+$")
+    phrase: str = Field(..., min_length=2)
+    seed: int = Field(1234, ge=0)
+    clip_s: float = Field(2.0, ge=1.0, le=4.0, description="Training clip length; the verifier sees all of it")
+    corpus: CorpusSpec = Field(default_factory=CorpusSpec)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    tiny: ModelSpec
+    verifier: ModelSpec
+    commands: ModelSpec
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    feature_kinds: list[Literal["logmel", "analog_envelopes"]] = Field(["logmel", "analog_envelopes"])
+    evaluation: EvalSpec = Field(default_factory=EvalSpec)
+    cpu_watts: float = Field(
+        7.5, gt=0.0, le=500.0, description="Power charged per busy CPU core for the training energy figure, W")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such recipe", code="recipe_missing") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: YAML error: {exc}", code="recipe_invalid") from None
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{p}: {'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise ConfigError("\n".join(lines), code="recipe_invalid") from None

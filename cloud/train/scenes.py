@@ -1,0 +1,88 @@
+"""Long labelled evaluation scenes, spoken only by held-out voices.
+
+Until the data side's `gate-data scenario` scenes are wired in, these stand in for them: a room
+background, other speech and near-misses at random times, and the wake phrase followed by a
+command at ``keywords_per_hour``. Labels are the sample spans of each wake phrase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloud.train import augment
+from cloud.train.corpus import Render
+
+SR = 16_000
+CHUNK_S = 60  # backgrounds are generated a minute at a time to bound memory
+
+# (background RMS dBFS, speech peak dBFS range): levels a far-field mic in such rooms would see.
+LEVELS = {
+    "quiet_home": (-62.0, (-26.0, -8.0)),
+    "noisy_kitchen": (-34.0, (-22.0, -6.0)),
+    "office_babble": (-36.0, (-22.0, -6.0)),
+}
+
+
+@dataclass(slots=True)
+class Scene:
+    name: str
+    audio: np.ndarray                     # int16
+    keywords: list[tuple[float, float]]   # (start_s, end_s) of each wake phrase
+
+    @property
+    def hours(self) -> float:
+        return self.audio.size / SR / 3600.0
+
+
+def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random.Generator,
+          positives: Sequence[Render], others: Sequence[Render], commands: Sequence[Render],
+          confusables: Sequence[Render] = (), confusables_per_hour: float = 0.0) -> Scene:
+    """``others`` is everyday speech (about a third of the time); ``confusables`` are near-misses of the
+    phrase at ``confusables_per_hour`` (every detection on them counts as a false accept)."""
+    n = int(minutes * 60 * SR)
+    bg_db, (lo, hi) = LEVELS[name]
+    babble_pool = [r.audio for r in others]
+    out = np.zeros(n, np.float32)
+    for a in range(0, n, CHUNK_S * SR):
+        b = min(n, a + CHUNK_S * SR)
+        out[a:b] = augment.background(name, b - a, rng, babble_pool) * 10 ** (bg_db / 20)
+
+    def put(x: np.ndarray, at: int) -> tuple[int, int]:
+        if rng.random() < 0.5:
+            x = augment.reverb(x, rng)
+        x = augment.set_peak(x, rng.uniform(lo, hi))
+        end = min(n, at + x.size)
+        out[at:end] += x[: end - at]
+        return at, end
+
+    keywords: list[tuple[float, float]] = []
+    n_kw = max(1, int(round(keywords_per_hour * minutes / 60)))
+    slots = np.sort(rng.choice(np.arange(5, int(minutes * 60) - 10, 8), size=n_kw, replace=False))
+    busy = np.zeros(int(minutes * 60) + 1, bool)
+    for s in slots:
+        kw = positives[int(rng.integers(len(positives)))].audio
+        a, b = put(kw, int(s * SR))
+        keywords.append((a / SR, b / SR))
+        cmd = commands[int(rng.integers(len(commands)))].audio
+        put(cmd, b + int(rng.uniform(0.2, 0.6) * SR))
+        busy[max(0, s - 1):s + 6] = True
+    # Near-misses sit in free 8 s slots, like the wake phrases, so that each is heard clearly.
+    free = [sec for sec in range(5, int(minutes * 60) - 10, 8) if not busy[max(0, sec - 1):sec + 6].any()]
+    n_conf = min(len(free), int(round(confusables_per_hour * minutes / 60))) if confusables else 0
+    for sec in (rng.choice(free, size=n_conf, replace=False) if n_conf else []):
+        put(confusables[int(rng.integers(len(confusables)))].audio, int(sec * SR))
+        busy[max(0, sec - 1):sec + 6] = True
+    # Other talk fills about a third of the time; it never overlaps a wake phrase's slot.
+    t = 0.0
+    while t < minutes * 60 - 5:
+        t += rng.exponential(6.0)
+        sec = int(t)
+        if sec >= busy.size - 5 or busy[sec:sec + 5].any():
+            continue
+        r = others[int(rng.integers(len(others)))].audio
+        a, b = put(r, int(t * SR))
+        t = b / SR
+    return Scene(name, np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), keywords)

@@ -1,0 +1,61 @@
+"""Copy a training run's models into the packages: tiny under gate/models/, cloud under cloud/models/.
+
+Of the tiny log-mel candidates (hard labels, distilled) the one that misses least on the evaluation
+scenes while keeping to the false-accept goal is shipped; its card says which it was and why.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GATE_MODELS = ROOT / "gate" / "models"
+CLOUD_MODELS = ROOT / "cloud" / "models"
+FA_GOAL_PER_HOUR = 0.5
+
+
+def pick_tiny(card: dict, kind: str) -> str:
+    names = [n for n in card["models"] if n.startswith(f"tiny_{kind}")]
+    if not names:
+        raise ValueError(f"no tiny {kind} model in this run")
+    ev = card.get("evaluation", {})
+
+    def rank(name: str) -> tuple:
+        tiny = ev.get(name, {}).get("tiny")
+        if tiny is None:
+            return (1, 0.0, 0.0)
+        return (0 if tiny["fa_per_hour"] <= FA_GOAL_PER_HOUR else 1, tiny["miss_rate"], tiny["fa_per_hour"])
+
+    return min(sorted(names), key=rank)
+
+
+def ship(run_dir: Path, gate_models: Path = GATE_MODELS, cloud_models: Path = CLOUD_MODELS) -> dict[str, str]:
+    card = json.loads((run_dir / "card.json").read_text())
+    gate_models.mkdir(parents=True, exist_ok=True)
+    cloud_models.mkdir(parents=True, exist_ok=True)
+    shipped: dict[str, str] = {}
+    for kind in ("logmel", "analog_envelopes"):
+        try:
+            name = pick_tiny(card, kind)
+        except ValueError:
+            continue
+        dst = gate_models / f"kws_{kind}"
+        shutil.copyfile(run_dir / f"{name}.tflite", dst.with_suffix(".tflite"))
+        model_card = json.loads((run_dir / f"{name}.json").read_text())
+        model_card["shipped_as"] = dst.name
+        model_card["chosen_from"] = [n for n in card["models"] if n.startswith(f"tiny_{kind}")]
+        model_card["training"] = card.get("training")
+        model_card["data"] = card.get("data")
+        dst.with_suffix(".json").write_text(json.dumps(model_card, indent=2) + "\n")
+        shipped[name] = str(dst.with_suffix(".tflite"))
+    for name in ("verifier", "commands"):
+        if name not in card["models"]:
+            continue  # a partial run (--only) leaves the shipped one in place
+        shutil.copyfile(run_dir / f"{name}.tflite", cloud_models / f"{name}.tflite")
+        model_card = json.loads((run_dir / f"{name}.json").read_text())
+        model_card["training"] = card.get("training")
+        (cloud_models / f"{name}.json").write_text(json.dumps(model_card, indent=2) + "\n")
+        shipped[name] = str(cloud_models / f"{name}.tflite")
+    return shipped

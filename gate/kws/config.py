@@ -1,0 +1,39 @@
+"""The `kws:` section of the thresholds file: which model and how its posteriors become detections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from gate.strict import Strict
+
+
+class KwsConfig(Strict):
+    """The tiny keyword spotter on the node and its detector."""
+
+    model_path: str | None = Field(
+        None, description="int8 .tflite model; null = the shipped default for feature_kind (gate/models/)")
+    feature_kind: Literal["logmel", "analog_envelopes"] = Field(
+        "logmel", description="Model input: 40-band log-mel from the 16 kHz ADC, or the analog front end's "
+                              "channel envelopes (no ADC needed)")
+    threshold: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="Smoothed posterior at or above which an inference counts as a hit; null = the value "
+                    "tuned for the model (its card's detector.threshold)")
+    smoothing_s: float = Field(
+        0.09, ge=0.0, le=2.0, description="Moving-average window over the posterior, audio seconds (0 = none)")
+    min_consecutive: int = Field(
+        2, ge=1, le=50, description="Consecutive hit inferences needed to fire")
+    refractory_s: float = Field(
+        1.5, ge=0.0, le=30.0, description="After a detection, further hits are ignored for this long, audio seconds")
+    stride_frames: int = Field(
+        3, ge=1, le=20, description="Feature frames between inferences (3 x 10 ms = one inference every 30 ms)")
+
+    @model_validator(mode="after")
+    def _smoothing_covers_inferences(self) -> KwsConfig:
+        # A smoothing window shorter than one inference stride would silently mean "no smoothing".
+        if 0.0 < self.smoothing_s < self.stride_frames * 0.01:
+            raise ValueError(f"smoothing_s={self.smoothing_s} is shorter than one inference stride "
+                             f"({self.stride_frames * 0.01:.2f} s); use 0 to disable smoothing")
+        return self

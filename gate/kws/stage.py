@@ -1,0 +1,110 @@
+"""The KWS stage on the node: audio in, detections out, on the audio clock.
+
+Features stream frame by frame into a window of the model's length; every ``stride_frames`` new
+frames the int8 model scores the window, and the detector turns scores into detections. While the
+analog gate is closed nothing here runs; when it opens, the cascade calls :meth:`reset` with the
+audio time of the first sample it will feed, so times stay true across gaps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gate.kws.config import KwsConfig
+from gate.kws.detector import Detection, Detector
+from gate.kws.featurize import Featurizer
+from gate.kws.interpreter import ModelError, TFLiteModel
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_THRESHOLD = 0.5
+
+
+def default_model_path(feature_kind: str) -> Path:
+    return MODELS_DIR / f"kws_{feature_kind}.tflite"
+
+
+def read_card(model_path: str | Path) -> dict:
+    """The model card beside a model (same name, .json); {} when there is none."""
+    p = Path(model_path).with_suffix(".json")
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def tuned_threshold(model_path: str | Path) -> float:
+    """The detector threshold the model was tuned to (see its card), or 0.5 for a model without one."""
+    return float(read_card(model_path).get("detector", {}).get("threshold", DEFAULT_THRESHOLD))
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One inference: its audio time and raw posterior (kept for metrics and tuning)."""
+
+    t_s: float
+    posterior: float
+
+
+class KeywordSpotter:
+    def __init__(self, *, model: TFLiteModel, featurizer: Featurizer, detector: Detector, stride_frames: int,
+                 keep_scores: bool = False) -> None:
+        shape = model.input.shape
+        if len(shape) != 3 or shape[2] != featurizer.dim:
+            raise ModelError(f"model input {shape} does not take {featurizer.kind} features of width {featurizer.dim}",
+                             code="model_mismatch")
+        self.model = model
+        self.featurizer = featurizer
+        self.detector = detector
+        self.stride_frames = stride_frames
+        self.window_frames = int(shape[1])
+        self.keep_scores = keep_scores  # every posterior, for evaluation and tuning; off on the node
+        self.inferences = 0
+        self.reset()
+
+    @classmethod
+    def from_config(cls, config: KwsConfig, sample_rate: int = 16_000, *, keep_scores: bool = False) -> KeywordSpotter:
+        path = Path(config.model_path) if config.model_path else default_model_path(config.feature_kind)
+        featurizer = Featurizer(config.feature_kind, sample_rate)
+        period = config.stride_frames * featurizer.period_s
+        threshold = config.threshold if config.threshold is not None else tuned_threshold(path)
+        detector = Detector(threshold=threshold, smoothing_s=config.smoothing_s,
+                            min_consecutive=config.min_consecutive, refractory_s=config.refractory_s, period_s=period)
+        return cls(model=TFLiteModel(model_path=path), featurizer=featurizer, detector=detector,
+                   stride_frames=config.stride_frames, keep_scores=keep_scores)
+
+    def reset(self, t0_s: float = 0.0) -> None:
+        """Forget all audio; the next sample fed is at audio time ``t0_s``."""
+        self.featurizer.reset()
+        self.detector.reset()
+        self._window = np.zeros((0, self.featurizer.dim), np.float32)
+        self._frames = 0
+        self._t0_s = float(t0_s)
+        self.scores: list[Scored] = []
+
+    def process(self, samples: np.ndarray) -> list[Detection]:
+        """Feed samples of any chunk size; returns detections whose time falls inside what was fed."""
+        feats = self.featurizer.push(samples)
+        out: list[Detection] = []
+        if not feats.shape[0]:
+            return out
+        buf = np.concatenate([self._window, feats])
+        first = self._frames
+        self._frames += feats.shape[0]
+        w, s = self.window_frames, self.stride_frames
+        # Frame k (0-based, stream-wide) completes a window that is scored when (k + 1 - w) % s == 0.
+        base = first - (buf.shape[0] - feats.shape[0])
+        for k in range(max(first, w - 1), self._frames):
+            if (k + 1 - w) % s:
+                continue
+            lo = k + 1 - w - base
+            p = float(self.model(buf[lo:lo + w][None])[0, 0])
+            self.inferences += 1
+            t = self._t0_s + float(self.featurizer.frame_end_s(k))
+            if self.keep_scores:
+                self.scores.append(Scored(t, p))
+            det = self.detector.update(p, t)
+            if det is not None:
+                out.append(det)
+        self._window = buf[-(w - 1):] if w > 1 else buf[:0]
+        return out

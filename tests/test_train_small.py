@@ -1,0 +1,53 @@
+"""A small end-to-end `gate-cloud train` run: a few hundred clips, every model, card written; the tiny
+model must beat chance on held-out voices. Budget: under 3 minutes on a 2-core CI machine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+
+pytestmark = [pytest.mark.slow, pytest.mark.needs_espeak,
+              pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")]
+
+RECIPE = """
+name: small
+phrase: hey jarvis
+seed: 3
+corpus: {positives: 160, confusables: 60, speech: 80, command_renders: 60, engines: [espeak],
+         eval_voices: ["espeak:en-gb-x-gbcwmd"]}
+augment: {copies: 1, snr_db: [10, 30]}
+tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epochs: 20, batch: 32, lr: 0.005}
+verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, epochs: 2, batch: 32}
+commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32}
+feature_kinds: [logmel]
+evaluation: {scenes: [quiet_home], minutes: 1, keywords_per_hour: 240}
+"""
+
+
+def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
+    from cloud.cli import main
+
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "out"
+    assert main(["train", "--recipe", str(recipe), "--out", str(out), "--scene-minutes", "1", "--threads", "2"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    tiny = card["models"]["tiny_logmel"]
+    # Balanced accuracy: 0.5 is chance whatever the share of positives among the held-out clips.
+    assert tiny["balanced_accuracy_test_float"] > 0.65, tiny
+    assert tiny["balanced_accuracy_test_int8"] > 0.65, tiny
+    assert tiny["size_bytes_int8"] < 64 * 1024 and tiny["macs"] < 3_000_000
+    assert card["training"]["energy_j"] > 0 and card["training"]["cpu_s"] > 0
+    assert card["data"]["eval_voices"] == ["espeak:en-gb-x-gbcwmd"]
+    assert "espeak:en-gb-x-gbcwmd" not in card["data"]["train_voices"]
+    for f in ("tiny_logmel.tflite", "verifier.tflite", "commands.tflite", "tiny_logmel.json", "verifier.json",
+              "commands.json"):
+        assert (out / f).is_file(), f
+    assert "tiny" in card["evaluation"]["tiny_logmel"]
+    assert np.isfinite(card["evaluation"]["tiny_logmel"]["tiny"]["fa_per_hour"])
