@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 # Everything the test suite and the demo exercise: node, cloud service, PostgreSQL store, training, HTML report.
 EXTRAS ?= dev,node,cloud,postgres,train,report
 
-.PHONY: setup sysdeps venv test bench demo loadtest clean
+.PHONY: setup sysdeps venv test bench demo loadtest train compare clean
 
 setup: sysdeps venv
 
@@ -46,6 +46,17 @@ demo: setup
 # 100 simulated nodes against one broker and two cloud workers on loopback (bounded; exits 1 on any loss).
 loadtest: setup
 	$(PY) -m bench.loadtest --out loadtest.json
+
+# Synthesise, train the three models, quantize, evaluate and write model cards (about 30 min here).
+train: setup
+	$(VENV)/bin/gate-cloud train --recipe datasets/recipes/hey_jarvis.yaml --out out/train --teacher
+
+# Ours vs openWakeWord 0.5.1 and microWakeWord on the same scenes (their models ship in the wheels;
+# openwakeword without its deps, which would pull tflite-runtime, broken under numpy 2).
+compare: setup
+	$(PY) -m pip install -q --no-deps 'openwakeword==0.5.1'
+	$(PY) -m pip install -q 'onnxruntime>=1.17,<2' 'scikit-learn>=1,<2' 'pymicro-wakeword>=2.5,<3'
+	$(PY) -m cloud.compare --recipe datasets/recipes/hey_jarvis.yaml --out out/compare.json
 
 clean:
 	rm -rf $(VENV) out bench.json .pytest_cache build *.egg-info

@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# `python bench/run.py` puts bench/ first on sys.path, where bench/cloud.py would shadow the `cloud`
+# package; bench modules are loaded by path, so the repository root is what belongs there.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
 
 def _load(path: Path):
