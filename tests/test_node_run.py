@@ -168,8 +168,10 @@ def test_replay_publishes_through_an_embedded_broker(tmp_path):
     r = json.loads(out.read_text())
     assert len(r["detections"]) == 1
     assert r["radio"]["mode"] == "broker" and r["radio"]["delivered"] == 1 and r["radio"]["pending"] == 0
-    # The transport's real wire bytes: the segment, its PUBACK, and the status messages.
-    assert r["stages"]["radio"]["bytes"] > len(r["detections"]) and r["stages"]["radio"]["invocations"] >= 2
+    # The transport's real wire bytes: the segment, its PUBACK, and the status messages; one radio
+    # wake per delivered segment (the status messages ride on the same link).
+    assert r["stages"]["radio"]["bytes"] > len(r["detections"])
+    assert r["stages"]["radio"]["invocations"] == r["radio"]["delivered"] == 1
 
 
 def test_replay_scores_a_scenario_against_its_labels(tmp_path):
