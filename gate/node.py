@@ -207,7 +207,7 @@ class Node:
         st = self.transport.stats()
         hb = Heartbeat(node_id=self.cascade.encoder.node_id, boot_id=self.cascade.encoder.boot_id,
                        seq=self._hb_seq, audio_s=self.cascade.t_s, ledger=self.cascade.ledger.snapshot().to_dict(),
-                       spool_pending=st.pending, spool_dropped=st.dropped, sent_unix=time.time())
+                       spool_pending=st.pending, spool_dropped=st.dropped + st.lost, sent_unix=time.time())
         self._hb_seq += 1
         self.stats.heartbeats += 1
         self.transport.publish_heartbeat(hb)

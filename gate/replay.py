@@ -247,6 +247,13 @@ def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str |
             cloud_info["reason"] = "no broker: segments were not sent"
         else:
             cloud_info["reason"] = "no KWS: nothing to verify"
+        if transport is not None:
+            if verdict_wait_s is None:
+                # A private broker with no worker of ours has nobody to answer.
+                verdict_wait_s = (DEFAULT_VERDICT_IDLE_S if worker is not None
+                                  else 0.0 if broker == "embedded" else EXTERNAL_VERDICT_WAIT_S)
+            # Before any segment is published: keep segments until answered only if someone may answer.
+            transport.set_await_verdict(_await_verdict_s(settings.mqtt.await_verdict_s, verdict_wait_s))
         for path in paths:
             try:
                 results.append(replay_file(Path(path), settings=settings, kws=kws, publisher=transport,
@@ -257,16 +264,14 @@ def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str |
         if transport is not None:
             n_segments = sum(len(r.detections) for r in results)
             if not transport.flush(settings.node.flush_timeout_s):
-                log.warning("replay: %d segment(s) not acknowledged by the broker", transport.stats().pending)
-            if verdict_wait_s is None:
-                # A private broker with no worker of ours has nobody to answer.
-                verdict_wait_s = (DEFAULT_VERDICT_IDLE_S if worker is not None
-                                  else 0.0 if broker == "embedded" else EXTERNAL_VERDICT_WAIT_S)
+                st = transport.stats()
+                log.warning("replay: %d segment(s) not acknowledged by the broker", st.pending - st.awaiting)
             if verdict_wait_s > 0:
                 _await_verdicts(verdicts, n_segments, idle_s=verdict_wait_s,
                                 alive=(lambda: worker.alive) if worker is not None else (lambda: True))
             transport_stats = transport.stats()
-            transport.close(timeout=settings.node.flush_timeout_s)
+            # The verdicts were waited for just above; the spool is a temporary directory.
+            transport.close(timeout=settings.node.flush_timeout_s, wait_answers=False)
             transport_counts = transport.ledger.snapshot()
     # The ExitStack has stopped the worker (its summary is written on SIGTERM) and the broker.
     if worker is not None:
@@ -339,6 +344,16 @@ def _start_cloud(broker_url: str, settings: GateSettings, stack: ExitStack) -> t
     except (ImportError, CloudUnavailable, OSError) as exc:
         log.warning("no cloud worker: verdicts not available (%s)", exc)
         return None, f"no cloud worker: verdicts not available ({exc})"
+
+
+def _await_verdict_s(configured: float | None, verdict_wait_s: float) -> float | None:
+    """The transport's ``await_verdict_s`` for a replay: off when nobody will answer (no verdict wait,
+    e.g. ``--no-cloud`` or an embedded broker without a worker) or when the thresholds file turns it
+    off; otherwise short enough that an unanswered segment is published again at least once before
+    the replay stops waiting (``verdict_wait_s`` without a new verdict)."""
+    if configured is None or verdict_wait_s <= 0:
+        return None
+    return min(configured, max(1.0, verdict_wait_s / 2))
 
 
 def _await_verdicts(verdicts: dict, n_segments: int, *, idle_s: float, alive: Callable[[], bool]) -> None:

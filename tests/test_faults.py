@@ -120,10 +120,6 @@ def test_broker_killed_mid_replay_every_segment_stored_once(tmp_path, broker, cl
     assert rc == 0 and summary["malformed"] == 0 and summary["errors"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (loss): mosquitto 2.0 does not restore $share subscriptions from persistence; segments the node "
-    "publishes after a broker restart and before a worker resubscribes are PUBACKed and dropped, and the "
-    "node deletes them from its spool on that PUBACK (gate/transport/mqtt.py MqttTransport._on_acked)"))
 def test_broker_restart_with_the_node_back_before_the_cloud_loses_nothing(tmp_path, broker, cloud_factory):
     """The node reconnects within 0.1 s, the cloud only after 4 s: what the node sends in between is lost."""
     cloud = cloud_factory(config="cloud:\n  reconnect_min_s: 4.0\n  reconnect_max_s: 4.0\n")
@@ -283,8 +279,6 @@ def _tmpfs(path: Path, size: str) -> bool:
                           capture_output=True).returncode == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Spool.put lets OSError(ENOSPC) escape through "
-                                       "MqttTransport.publish_segment and Cascade._emit: a full disk kills the node")
 def test_spool_on_a_full_disk_keeps_the_node_running_and_counts_the_losses(tmp_path, broker):
     disk = tmp_path / "small"
     if not _tmpfs(disk, "96k"):

@@ -1,4 +1,8 @@
+import errno
 import logging
+import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -88,3 +92,79 @@ def test_from_config(tmp_path):
     cfg = MqttConfig(spool_dir=str(tmp_path / "sp"), spool_max_mb=0.5)
     spool = Spool.from_config(cfg)
     assert spool.max_bytes == 512 * 1024 and spool.directory.is_dir()
+
+
+def _disk_holding(spool: Spool, n: int, *, err: int = errno.ENOSPC):
+    """A writer for ``spool`` on a disk with room for ``n`` entries: past that, a partial temporary
+    file is written and the write fails with ``err``, as a real full disk does."""
+    real = spool._write
+
+    def write(tmp, path, blob):
+        if len(spool._entries) >= n:  # called under the spool lock
+            tmp.write_bytes(blob[: len(blob) // 2])
+            raise OSError(err, os.strerror(err))
+        real(tmp, path, blob)
+
+    return write
+
+
+def test_a_full_disk_drops_the_oldest_like_the_bound_and_leaves_no_temporary_file(tmp_path, monkeypatch, caplog):
+    spool = Spool(tmp_path, max_bytes=1 << 20)  # the bound is far away: the disk fills first
+    monkeypatch.setattr(spool, "_write", _disk_holding(spool, 3))
+    with caplog.at_level(logging.WARNING, logger="gate.transport.spool"):
+        for i in range(6):
+            spool.put(b"d" * 100, key=f"s{i}")
+    assert keys(spool) == ["s3", "s4", "s5"]
+    assert spool.stats().dropped == 3 and spool.stats().failed == 0
+    full = [r.getMessage() for r in caplog.records if "is full" in r.getMessage()]
+    assert len(full) == 3 and "3 dropped so far" in full[-1]
+    assert not list(tmp_path.glob(".*.tmp")) and len(list(tmp_path.glob("*.seg"))) == 3
+
+
+def test_a_disk_with_no_room_at_all_or_a_write_error_raises_a_spool_error(tmp_path, monkeypatch):
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    spool.put(b"a" * 10, key="a")
+    spool.put(b"b" * 10, key="b")
+    monkeypatch.setattr(spool, "_write", _disk_holding(spool, 0))
+    with pytest.raises(SpoolError) as err:
+        spool.put(b"c" * 10, key="c")
+    # Everything droppable went first; then the loss is counted and reported, not an OSError.
+    assert err.value.code == "spool_write" and isinstance(err.value.__cause__, OSError)
+    assert len(spool) == 0 and spool.stats().dropped == 2 and spool.stats().failed == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    other = Spool(tmp_path / "eio", max_bytes=1 << 20)
+    other.put(b"a" * 10, key="a")
+    monkeypatch.setattr(other, "_write", _disk_holding(other, 0, err=errno.EIO))
+    with pytest.raises(SpoolError) as err:
+        other.put(b"c" * 10, key="c")
+    assert err.value.code == "spool_write"
+    assert keys(other) == ["a"] and other.stats().dropped == 0  # not a full disk: nothing is sacrificed
+    assert not list((tmp_path / "eio").glob(".*.tmp"))
+    monkeypatch.undo()
+    assert other.put(b"d" * 10, key="d").key == "d"  # the spool still works once the disk does
+
+
+def _tmpfs(path, size: str) -> bool:
+    if shutil.which("mount") is None or os.geteuid() != 0:
+        return False
+    path.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_real_full_disk(tmp_path):
+    disk = tmp_path / "small"
+    if not _tmpfs(disk, "64k"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        spool = Spool(disk / "spool", max_bytes=1 << 20)
+        for i in range(8):
+            spool.put(bytes([i]) * 12_000, key=f"s{i}")
+        st = spool.stats()
+        assert 1 <= st.pending < 8 and st.dropped == 8 - st.pending and keys(spool)[-1] == "s7"
+        assert not list((disk / "spool").glob(".*.tmp"))
+        again = Spool(disk / "spool", max_bytes=1 << 20)
+        assert keys(again) == keys(spool)  # what survived is intact
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -306,3 +306,126 @@ def test_from_config_and_limits(tmp_path):
     with pytest.raises(TransportError) as err:
         MqttTransport.from_config(cfg.model_copy(update={"password_file": str(tmp_path / "missing")}))
     assert err.value.code == "mqtt_password_file"
+
+
+# -- end-to-end acknowledgement (await_verdict_s) and spool failures -----------------------------
+
+
+def _verdict(segment_id: str) -> bytes:
+    return Verdict(segment_id=segment_id, node_id=NODE, accepted=True, scores={"verifier": 0.9}).to_json()
+
+
+def test_a_segment_leaves_the_spool_on_its_verdict_and_is_republished_without_one(mosquitto, tmp_path):
+    """A PUBACK only frees the window slot; a segment nobody answers is published again, same id."""
+    cloud = Collector(mosquitto.host, mosquitto.port, [f"gate/{NODE}/segments"])
+    got: list[str] = []
+    t = node(mosquitto, tmp_path / "spool", await_verdict_s=0.5, on_verdict=lambda v: got.append(v.segment_id))
+    t.start()
+    assert t.wait_ready(5)
+    (ha, _, pa), (hb, _, pb) = segment(0, t.boot_id, "pcm_s16le"), segment(1, t.boot_id, "pcm_s16le")
+    t.publish_segment(pa, segment_id=ha.segment_id)
+    t.publish_segment(pb, segment_id=hb.segment_id)
+    assert t.flush(5)  # flushed = PUBACKed, not answered
+    st = t.stats()
+    assert (st.delivered, st.awaiting, st.pending, st.inflight) == (2, 2, 2, 0)
+    assert len(list((tmp_path / "spool").glob("*.seg"))) == 2
+
+    va = _verdict(ha.segment_id)
+    cloud.publish(f"gate/{NODE}/verdict", va)
+    assert wait_for(lambda: [e.key for e in t.spool.pending()] == [hb.segment_id], 5)
+    # B is not answered: published again (same bytes, same id) every await_verdict_s.
+    assert cloud.wait_for(lambda c: c.on("/segments").count(pb) >= 2, 5)
+    assert cloud.on("/segments").count(pa) == 1
+    assert t.stats().republished >= 1 and t.stats().delivered == 2  # a segment is delivered once
+    vb = _verdict(hb.segment_id)
+    cloud.publish(f"gate/{NODE}/verdict", vb)
+    assert t.wait_answered(5)
+    assert wait_for(lambda: t.stats().inflight == 0 and t.stats().awaiting == 0, 5)
+    assert not list((tmp_path / "spool").glob("*.seg"))
+    assert got == [ha.segment_id, hb.segment_id]
+
+    # The ledger: a republish is radio bytes but no extra wake (the link is up).
+    st = t.stats()
+    seg_topic, verdict_topic = len(f"gate/{NODE}/segments"), len(f"gate/{NODE}/verdict")
+    online = Status(node_id=NODE, state="online", boot_id=t.boot_id, version=__version__).to_json()
+    expected = (wire_bytes(len(pa), topic_len=seg_topic)
+                + (1 + st.republished) * wire_bytes(len(pb), topic_len=seg_topic)
+                + wire_bytes(len(va), topic_len=verdict_topic) + wire_bytes(len(vb), topic_len=verdict_topic)
+                + wire_bytes(len(online), topic_len=len(f"gate/{NODE}/status")))
+    radio = t.ledger.snapshot()[RADIO]
+    assert radio.invocations == 2 and radio.bytes == expected
+    t.close()
+    cloud.close()
+
+
+def test_unanswered_segments_survive_a_node_restart_and_close_does_not_wait_for_nobody(mosquitto, tmp_path):
+    cloud = Collector(mosquitto.host, mosquitto.port, [f"gate/{NODE}/segments"])
+    t = node(mosquitto, tmp_path / "spool", await_verdict_s=30.0)
+    t.start()
+    assert t.wait_ready(5)
+    h, _, payload = segment(0, t.boot_id, "pcm_s16le")
+    t.publish_segment(payload, segment_id=h.segment_id)
+    assert t.flush(5) and t.stats().awaiting == 1
+    t0 = time.monotonic()
+    t.close(timeout=10)  # no verdict came in this run: nobody to wait for
+    assert time.monotonic() - t0 < 3
+    assert len(list((tmp_path / "spool").glob("*.seg"))) == 1
+
+    again = node(mosquitto, tmp_path / "spool", await_verdict_s=30.0)
+    assert len(again.spool) == 1  # awaiting a verdict is not a state on disk: it is pending again
+    again.start()
+    assert cloud.wait_for(lambda c: c.on("/segments").count(payload) == 2, 5)
+    cloud.publish(f"gate/{NODE}/verdict", _verdict(h.segment_id))
+    assert again.wait_answered(5)
+    assert not list((tmp_path / "spool").glob("*.seg"))
+
+    # Turned off (nobody will answer): what awaits a verdict is settled by its PUBACK.
+    h2, _, p2 = segment(1, again.boot_id, "pcm_s16le")
+    again.publish_segment(p2, segment_id=h2.segment_id)
+    assert again.flush(5) and len(again.spool) == 1
+    again.set_await_verdict(None)
+    assert again.wait_answered(5) and again.await_verdict_s is None
+    again.close()
+    cloud.close()
+
+
+def test_await_verdict_setting(tmp_path):
+    from pydantic import ValidationError
+
+    assert MqttConfig().await_verdict_s == 30.0  # production nodes have a cloud: never lose a segment to a PUBACK
+    assert MqttConfig(await_verdict_s=None).await_verdict_s is None
+    for bad in (0.5, 4000.0):
+        with pytest.raises(ValidationError):
+            MqttConfig(await_verdict_s=bad)
+    cfg = MqttConfig(broker="mqtt://127.0.0.1:1", spool_dir=str(tmp_path / "spool"), await_verdict_s=12.0)
+    assert MqttTransport.from_config(cfg).await_verdict_s == 12.0
+    assert MqttTransport.from_config(cfg, await_verdict_s=None).await_verdict_s is None
+    with pytest.raises(ValueError):
+        MqttTransport.from_config(cfg, await_verdict_s=0.0)
+
+
+def test_a_segment_the_spool_cannot_write_is_counted_lost_not_raised(tmp_path, monkeypatch, caplog):
+    import errno
+
+    cfg = MqttConfig(broker="mqtt://127.0.0.1:1", spool_dir=str(tmp_path / "spool"))
+    t = MqttTransport.from_config(cfg)
+
+    def broken(tmp, path, blob):
+        tmp.write_bytes(blob[:10])
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(t.spool, "_write", broken)
+    with caplog.at_level("ERROR", logger="gate.transport.mqtt"):
+        assert t.publish_segment(b"x" * 100, segment_id="a" * 32) is None
+    assert t.stats().lost == 1 and t.stats().pending == 0 and t.spool.stats().failed == 1
+    assert any("a" * 32 in r.getMessage() and "lost" in r.getMessage() for r in caplog.records)
+    assert not list((tmp_path / "spool").iterdir())  # no temporary file left behind
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True

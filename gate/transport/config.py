@@ -37,6 +37,11 @@ class MqttConfig(Strict):
     spool_dir: str = Field("~/.local/state/gate/spool", description="Where segments wait while the broker is away")
     spool_max_mb: float = Field(64.0, gt=0.0, le=65536.0, description="Spool bound; the oldest segments go first, MB")
     max_payload_kb: int = Field(1024, ge=16, le=262144, description="Largest segment message accepted, kB")
+    await_verdict_s: float | None = Field(
+        30.0, ge=1.0, le=3600.0,
+        description="Keep each segment spooled until the cloud's verdict arrives, not just the broker's PUBACK, and "
+                    "publish it again (same segment id: the cloud dedupes and answers from its store) when no verdict "
+                    "has come this long after the PUBACK, s; null = delete on PUBACK (for a broker nobody answers on)")
 
     @field_validator("broker")
     @classmethod

@@ -11,9 +11,20 @@ second thread under a lock of ours could deadlock against it; with one worker th
 and a PUBACK can never be processed before the worker has recorded the message id it answers.
 
 Segments: every one is written to the :class:`Spool` first. The worker keeps at most ``window`` of
-them in flight (oldest first) and deletes a file only when its PUBACK arrives. After a reconnect
-paho resends what was in flight (DUP), and new segments wait until those are acknowledged, so the
-broker sees the spool in FIFO order. Delivery is at least once; the cloud dedupes on segment id.
+them in flight (oldest first). After a reconnect paho resends what was in flight (DUP), and new
+segments wait until those are acknowledged, so the broker sees the spool in FIFO order. Delivery is
+at least once; the cloud dedupes on segment id.
+
+Acknowledgement is end to end: a PUBACK only says the broker took the message, and a broker may
+take it and drop it (mosquitto 2.0 does not restore ``$share`` subscriptions from persistence, so
+after a restart it acknowledges segments nobody receives until a cloud worker resubscribes). With
+``await_verdict_s`` set, a PUBACK frees the segment's window slot but its file stays in the spool
+until the cloud's verdict arrives; a segment with no verdict ``await_verdict_s`` after its PUBACK is
+published again, with the same segment id (the cloud dedupes it and answers from its store), and
+again every ``await_verdict_s`` until answered or dropped by the spool bound. The wait is wall
+clock: it is about the liveness of the network and of the service, not about audio. Segments
+awaiting a verdict are plain spool entries on disk, so after a restart of the node they are
+simply pending again. ``await_verdict_s=None`` deletes on PUBACK (a broker nobody answers on).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +49,7 @@ from gate.errors import GateError
 from gate.transport.broker import parse_broker_url
 from gate.transport.config import MqttConfig, TlsConfig
 from gate.transport.netutil import set_no_delay
-from gate.transport.spool import Spool, SpoolEntry
+from gate.transport.spool import Spool, SpoolEntry, SpoolError
 from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, new_id
 
 log = logging.getLogger(__name__)
@@ -53,21 +65,32 @@ class TransportError(GateError):
 class TransportStats:
     connected: bool
     connects: int
-    pending: int  # segments on disk, in flight included
+    pending: int  # segments on disk, in flight and awaiting a verdict included
     pending_bytes: int
     inflight: int
-    delivered: int  # PUBACKs received for segments
+    delivered: int  # segments PUBACKed (each counted once, however often it was republished)
     resent: int  # segments resent after a reconnect
-    dropped: int  # oldest segments dropped by the spool bound
+    dropped: int  # oldest segments dropped by the spool bound or a full disk
     quarantined: int
     heartbeats_skipped: int  # heartbeats not sent because the broker was away
     rejected_in: int  # verdict/config messages that failed validation
+    awaiting: int = 0  # PUBACKed segments still waiting for their verdict (await_verdict_s)
+    verdicts: int = 0  # valid verdicts received
+    republished: int = 0  # segments published again for want of a verdict
+    lost: int = 0  # segments the spool could not hold (write error, full disk with nothing to drop)
 
 
 @dataclass(frozen=True, slots=True)
 class _InFlight:
     entry: SpoolEntry
     topic_len: int
+    republish: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Awaiting:
+    entry: SpoolEntry
+    since: float  # time.monotonic() of its PUBACK
 
 
 class MqttTransport:
@@ -76,6 +99,9 @@ class MqttTransport:
     ``on_verdict(Verdict)`` and ``on_config(ConfigUpdate) -> ConfigAck`` run on the transport's
     worker thread; keep them short. A config callback that raises is answered as a rejection with
     the exception's text, and the caller's running config is whatever the callback left it.
+
+    ``await_verdict_s``: how long after its PUBACK a segment may wait for its verdict before it is
+    published again; None deletes segments on PUBACK (see the module doc).
     """
 
     def __init__(self, *, host: str, port: int, node_id: str, spool: Spool,
@@ -83,12 +109,14 @@ class MqttTransport:
                  qos: int = 1, keepalive_s: int = 30, username: str | None = None, password: str | None = None,
                  tls: TlsConfig | None = None, reconnect_min_s: float = 1.0, reconnect_max_s: float = 60.0,
                  window: int = DEFAULT_WINDOW, client_id: str | None = None, max_payload_bytes: int = 1 << 20,
+                 await_verdict_s: float | None = None,
                  on_verdict: Callable[[Verdict], None] | None = None,
                  on_config: Callable[[ConfigUpdate], ConfigAck] | None = None) -> None:
         if qos not in (1, 2):
             raise ValueError("segments need QoS >= 1: the spool deletes a segment only on its acknowledgement")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
+        _check_await(await_verdict_s)
         self.topics = NodeTopics(node_id, topic_prefix)
         self.node_id = node_id
         self.boot_id = boot_id or new_id()
@@ -99,6 +127,7 @@ class MqttTransport:
         self.keepalive_s = keepalive_s
         self.window = window
         self.max_payload_bytes = max_payload_bytes
+        self._await_s = await_verdict_s
         self.on_verdict = on_verdict
         self.on_config = on_config
         self._tls_overhead = TLS_RECORD_OVERHEAD_B if tls is not None and tls.enabled else 0
@@ -130,8 +159,15 @@ class MqttTransport:
         self._changed = threading.Condition()
         # Owned by the worker thread.
         self._inflight: dict[int, _InFlight] = {}
+        self._awaiting: dict[str, _Awaiting] = {}  # segment id -> PUBACKed entry, oldest PUBACK first
+        self._answered: set[int] = set()  # seqs whose verdict came while they were in flight
+        # What other threads may read (flush): the spool seqs only a verdict is missing for, replaced whole.
+        self._awaiting_seqs: frozenset[int] = frozenset()
         self._hold_until_resent = False
-        self._n = dict(connects=0, delivered=0, resent=0, heartbeats_skipped=0, rejected_in=0)
+        self._unlogged_republished = 0
+        self._next_republish_log = 0.0
+        self._n = dict(connects=0, delivered=0, resent=0, heartbeats_skipped=0, rejected_in=0, verdicts=0,
+                       republished=0, lost=0)
 
     @classmethod
     def from_config(cls, cfg: MqttConfig, *, host: str | None = None, port: int | None = None,
@@ -157,7 +193,8 @@ class MqttTransport:
                    spool=spool or Spool.from_config(cfg), ledger=ledger, qos=max(cfg.qos, 1),
                    keepalive_s=cfg.keepalive_s, username=cfg.username, password=password, tls=tls,
                    reconnect_min_s=cfg.reconnect_min_s, reconnect_max_s=cfg.reconnect_max_s,
-                   max_payload_bytes=cfg.max_payload_kb * 1024, **kw)
+                   max_payload_bytes=cfg.max_payload_kb * 1024,
+                   **{"await_verdict_s": cfg.await_verdict_s, **kw})
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -181,13 +218,33 @@ class MqttTransport:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def publish_segment(self, payload: bytes, *, segment_id: str) -> SpoolEntry:
-        """Spool ``payload`` durably, then send it when the window and the broker allow."""
+    @property
+    def await_verdict_s(self) -> float | None:
+        return self._await_s
+
+    def set_await_verdict(self, seconds: float | None) -> None:
+        """Change ``await_verdict_s`` (e.g. off when nobody will answer). Turning it off settles the
+        segments already awaiting a verdict as if answered: the broker has acknowledged them."""
+        _check_await(seconds)
+        self._events.put(("await", seconds))
+
+    def publish_segment(self, payload: bytes, *, segment_id: str) -> SpoolEntry | None:
+        """Spool ``payload`` durably, then send it when the window and the broker allow.
+
+        None when the spool could not hold it (a write error, a full disk with nothing left to drop):
+        the segment is lost, counted in ``stats().lost`` and logged; the node keeps running.
+        """
         if len(payload) > self.max_payload_bytes:
             # The cloud would refuse it after paying for the radio: refuse it here, before.
             raise TransportError(f"segment {segment_id} is {len(payload)} B, over the {self.max_payload_bytes} B "
                                  "limit (mqtt.max_payload_kb)", code="transport_too_large")
-        entry = self.spool.put(payload, key=segment_id)
+        try:
+            entry = self.spool.put(payload, key=segment_id)
+        except SpoolError as exc:
+            self._n["lost"] += 1  # only this (the publishing) thread writes this counter
+            log.error("segment %s lost: the spool cannot hold it (%s: %s); %d lost so far",
+                      segment_id, exc.code, exc, self._n["lost"])
+            return None
         self._events.put(("spooled",))
         return entry
 
@@ -196,17 +253,45 @@ class MqttTransport:
         self._events.put(("heartbeat", heartbeat.to_json()))
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every spooled segment is acknowledged; False on timeout (they stay on disk)."""
+        """Wait until the broker has acknowledged (PUBACK) every spooled segment; False on timeout.
+
+        Segments PUBACKed but awaiting their verdict count as flushed: see :meth:`wait_answered`.
+        """
+        with self._changed:
+            return self._changed.wait_for(self._flushed, timeout)
+
+    def _flushed(self) -> bool:
+        waiting = self._awaiting_seqs
+        return all(e.seq in waiting for e in self.spool.pending())
+
+    def wait_answered(self, timeout: float) -> bool:
+        """Wait until no segment is left in the spool (every one answered, or PUBACKed when
+        ``await_verdict_s`` is None); False on timeout (they stay on disk)."""
         with self._changed:
             return self._changed.wait_for(lambda: len(self.spool) == 0, timeout)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush for at most ``timeout`` s, say "offline", disconnect. Unsent segments stay spooled."""
+    def close(self, timeout: float = 5.0, *, wait_answers: bool = True) -> None:
+        """Say "offline" and disconnect after at most ``timeout`` s of flushing. Unsent segments stay spooled.
+
+        With segments to send and no connection yet (the broker is away, or the connection is still
+        being made), it waits for one within the same ``timeout``. It also waits for the verdicts of
+        what is PUBACKed, but only if a verdict has arrived in this run (a cloud answers here) and
+        ``wait_answers``: an unanswered segment stays spooled and is published again at the next
+        start (the cloud dedupes it).
+        """
         if self._worker is None:
             return
-        if self.connected and not self.flush(timeout):
-            log.warning("close: %d segments still spooled after %.1f s; they go at the next start",
-                        len(self.spool), timeout)
+        deadline = time.monotonic() + timeout
+        if not self.connected and not self._flushed():
+            self.wait_connected(timeout)
+        if self.connected:
+            if not self.flush(max(0.0, deadline - time.monotonic())):
+                log.warning("close: %d segments still spooled after %.1f s; they go at the next start",
+                            len(self.spool), timeout)
+            elif wait_answers and self._awaiting_seqs and self._n["verdicts"] and \
+                    not self.wait_answered(max(0.0, deadline - time.monotonic())):
+                log.warning("close: %d segment(s) acknowledged by the broker but not answered after %.1f s; "
+                            "they are published again at the next start", len(self.spool), timeout)
         done = threading.Event()
         self._events.put(("stop", done))
         done.wait(timeout)
@@ -219,7 +304,8 @@ class MqttTransport:
     def stats(self) -> TransportStats:
         s = self.spool.stats()
         return TransportStats(connected=self.connected, pending=s.pending, pending_bytes=s.pending_bytes,
-                              inflight=len(self._inflight), dropped=s.dropped, quarantined=s.quarantined, **self._n)
+                              inflight=len(self._inflight), awaiting=len(self._awaiting_seqs), dropped=s.dropped,
+                              quarantined=s.quarantined, **self._n)
 
     def __enter__(self) -> MqttTransport:
         self.start()
@@ -255,7 +341,11 @@ class MqttTransport:
 
     def _run(self) -> None:
         while True:
-            event = self._events.get()
+            try:
+                # With verdicts awaited, wake now and then to republish the overdue ones.
+                event = self._events.get(timeout=None if self._await_s is None else min(1.0, self._await_s / 4))
+            except queue.Empty:
+                event = ("tick",)
             if event[0] == "stop":
                 self._say_offline()
                 event[1].set()
@@ -264,6 +354,9 @@ class MqttTransport:
                 getattr(self, f"_on_{event[0]}")(*event[1:])
             except Exception:  # the worker must outlive any single bad event
                 log.exception("mqtt worker: %s event failed", event[0])
+            seqs = frozenset(a.entry.seq for a in self._awaiting.values())
+            if seqs != self._awaiting_seqs:
+                self._awaiting_seqs = seqs
             with self._changed:
                 self._changed.notify_all()
 
@@ -303,13 +396,32 @@ class MqttTransport:
     def _on_spooled(self) -> None:
         self._drain()
 
+    def _on_tick(self) -> None:
+        self._drain()
+
+    def _on_await(self, seconds: float | None) -> None:
+        self._await_s = seconds
+        if seconds is None:
+            for a in self._awaiting.values():
+                self.spool.ack(a.entry.seq)
+            self._awaiting.clear()
+
     def _on_acked(self, mid: int) -> None:
         f = self._inflight.pop(mid, None)
         if f is None:
             return  # status or config ack: charged when sent
-        self.spool.ack(f.entry.seq)
-        self._n["delivered"] += 1
-        self._charge(self._wire_b(f.entry.nbytes, f.topic_len, self.qos), wakes=1)
+        if not f.republish:
+            self._n["delivered"] += 1
+        # A republish goes out on a link that is already up: its bytes, but no extra wake.
+        self._charge(self._wire_b(f.entry.nbytes, f.topic_len, self.qos), wakes=0 if f.republish else 1)
+        if f.entry.seq in self._answered:
+            self._answered.discard(f.entry.seq)  # answered while in flight: already out of the spool
+        elif self._await_s is None:
+            self.spool.ack(f.entry.seq)
+        else:
+            # The broker has it, which does not mean a cloud worker will: keep it until its verdict.
+            self._awaiting.pop(f.entry.key, None)
+            self._awaiting[f.entry.key] = _Awaiting(f.entry, time.monotonic())
         if not self._inflight:
             self._hold_until_resent = False
         self._drain()
@@ -333,20 +445,80 @@ class MqttTransport:
         room = self.window - len(self._inflight)
         if room <= 0:
             return
-        busy = {f.entry.seq for f in self._inflight.values()}
-        topic = self.topics.segments
+        # Overdue segments first: they are older than anything not yet sent.
+        room -= self._republish_overdue(room)
+        if room <= 0:
+            return
+        busy = {f.entry.seq for f in self._inflight.values()} | {a.entry.seq for a in self._awaiting.values()}
         for entry in self.spool.pending(limit=len(busy) + room):
             if entry.seq in busy:
                 continue
-            payload = self.spool.read(entry)
-            if payload is None:
+            sent = self._publish(entry, republish=False)
+            if sent is None:
                 continue
-            info = self._client.publish(topic, payload, qos=self.qos)
-            # NO_CONN: paho keeps a QoS>0 message and sends it on reconnect, so it is in flight all the same.
-            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-                log.warning("publish of segment %s refused by the client (rc %s); retried later", entry.key, info.rc)
+            if not sent:
                 return
-            self._inflight[info.mid] = _InFlight(entry, len(topic.encode()))
+            room -= 1
+            if room <= 0:
+                return
+
+    def _republish_overdue(self, room: int) -> int:
+        """Publish again (up to ``room``) the segments PUBACKed ``await_verdict_s`` ago and still unanswered."""
+        if self._await_s is None or not self._awaiting:
+            return 0
+        due = time.monotonic() - self._await_s
+        n = 0
+        while self._awaiting and n < room:
+            key, a = next(iter(self._awaiting.items()))
+            if a.since > due:
+                break  # oldest PUBACK first: the rest are younger
+            sent = self._publish(a.entry, republish=True)
+            if sent is False:
+                break
+            del self._awaiting[key]
+            if sent:  # None: dropped from the spool meanwhile (bound, full disk), nothing to wait for
+                n += 1
+        if n:
+            self._n["republished"] += n
+            self._unlogged_republished += n
+            now = time.monotonic()
+            if now >= self._next_republish_log:  # one line per await_verdict_s at most, whatever the backlog
+                log.warning("%d segment(s) acknowledged by the broker got no verdict within %.0f s: published "
+                            "again (%d republished so far, %d still awaiting a verdict)", self._unlogged_republished,
+                            self._await_s, self._n["republished"], len(self._awaiting))
+                self._unlogged_republished = 0
+                self._next_republish_log = now + self._await_s
+        return n
+
+    def _publish(self, entry: SpoolEntry, *, republish: bool) -> bool | None:
+        """True: in flight. False: the client refused it (retried later). None: gone from the spool."""
+        payload = self.spool.read(entry)
+        if payload is None:
+            return None
+        topic = self.topics.segments
+        info = self._client.publish(topic, payload, qos=self.qos)
+        # NO_CONN: paho keeps a QoS>0 message and sends it on reconnect, so it is in flight all the same.
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            log.warning("publish of segment %s refused by the client (rc %s); retried later", entry.key, info.rc)
+            return False
+        self._inflight[info.mid] = _InFlight(entry, len(topic.encode()), republish)
+        return True
+
+    def _settle(self, segment_id: str) -> None:
+        """The cloud answered ``segment_id``: it leaves the spool, wherever it is in its life."""
+        a = self._awaiting.pop(segment_id, None)
+        if a is not None:
+            self.spool.ack(a.entry.seq)
+            return
+        for f in self._inflight.values():
+            if f.entry.key == segment_id:  # republished, or resent after a reconnect, and answered meanwhile
+                self._answered.add(f.entry.seq)
+                self.spool.ack(f.entry.seq)
+                return
+        for entry in self.spool.pending():  # spooled by an earlier run, answered on our persistent session
+            if entry.key == segment_id:
+                self.spool.ack(entry.seq)
+                return
 
     def _handle_verdict(self, payload: bytes) -> None:
         try:
@@ -359,6 +531,10 @@ class MqttTransport:
             self._n["rejected_in"] += 1
             log.warning("ignored a verdict addressed to node %r", verdict.node_id)
             return
+        self._n["verdicts"] += 1
+        if self._await_s is not None:
+            # Before the callback: whoever has seen every verdict finds the spool empty.
+            self._settle(verdict.segment_id)
         if self.on_verdict is not None:
             try:
                 self.on_verdict(verdict)
@@ -413,6 +589,11 @@ class MqttTransport:
         # Status, heartbeats, verdicts and resends ride on a link that is already up: bytes only.
         if self.ledger is not None and (nbytes or wakes):
             self.ledger.charge(RADIO, invocations=wakes, nbytes=nbytes)
+
+
+def _check_await(seconds: float | None) -> None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"await_verdict_s must be positive or None, got {seconds}")
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -1,7 +1,9 @@
-"""Store-and-forward on disk: segments wait here until the broker has acknowledged them.
+"""Store-and-forward on disk: segments wait here until they are acknowledged.
 
-Every segment is written here before it is handed to MQTT and removed only after its PUBACK, so
-a broker outage, a dropped connection or a restart of the node loses nothing that fits the bound.
+Every segment is written here before it is handed to MQTT and removed only once it is acknowledged
+(the cloud's verdict, or the broker's PUBACK when ``mqtt.await_verdict_s`` is null; see
+gate.transport.mqtt), so a broker outage, a dropped connection or a restart of the node loses
+nothing that fits the bound. A full disk is treated like the bound: the oldest entries go first.
 Delivery is at least once: a segment acknowledged just before a crash may be sent again after it,
 and the cloud dedupes on the segment id.
 
@@ -11,11 +13,13 @@ One file per entry, named by a monotonic sequence number so a directory listing 
     <dir>/quarantine/                  entries that failed their check, kept for inspection
 
 Writes go to a temporary name, are fsynced, renamed and the directory fsynced: after a power cut
-an entry is either complete or absent, never torn.
+an entry is either complete or absent, never torn, and a failed write removes its temporary file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import struct
@@ -32,6 +36,7 @@ MAGIC = b"GSP1"
 _HEAD = struct.Struct(">4sIH")
 SUFFIX = ".seg"
 QUARANTINE = "quarantine"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class SpoolError(GateError):
@@ -52,6 +57,7 @@ class SpoolStats:
     pending_bytes: int
     dropped: int
     quarantined: int
+    failed: int = 0  # puts refused by a write error (the segment is lost)
 
 
 class Spool:
@@ -68,6 +74,7 @@ class Spool:
         self._bytes = 0
         self.dropped = 0
         self.quarantined = 0
+        self.failed = 0
         self.directory.mkdir(parents=True, exist_ok=True)
         self._scan()
         self._next_seq = max(self._entries, default=-1) + 1
@@ -79,7 +86,13 @@ class Spool:
     # -- queue ----------------------------------------------------------------------------------
 
     def put(self, payload: bytes, *, key: str) -> SpoolEntry:
-        """Append durably; drops the oldest entries (counted, logged) when the bound would be passed."""
+        """Append durably; drops the oldest entries (counted, logged) when the bound would be passed.
+
+        A full disk (ENOSPC, EDQUOT) is handled like the bound: the oldest entries go, one at a time,
+        until the new one fits. Any other write error, or a full disk with nothing left to drop, is
+        counted (``failed``) and raised as :class:`SpoolError` (``spool_write``). A failed write
+        never leaves its temporary file behind.
+        """
         kb = key.encode()
         if len(kb) > 0xFFFF:
             raise ValueError("spool key longer than 65535 bytes")
@@ -88,9 +101,7 @@ class Spool:
                              code="spool_too_large")
         with self._lock:
             while self._entries and self._bytes + len(payload) > self.max_bytes:
-                old = next(iter(self._entries.values()))
-                self._remove(old)
-                self.dropped += 1
+                old = self._drop_oldest()
                 log.warning("spool full (%d B bound): dropped oldest segment %s (seq %d); %d dropped so far",
                             self.max_bytes, old.key, old.seq, self.dropped)
             seq = self._next_seq
@@ -98,14 +109,28 @@ class Spool:
             path = self.directory / f"{seq:020d}{SUFFIX}"
             tmp = self.directory / f".{seq:020d}.tmp"
             blob = _HEAD.pack(MAGIC, zlib.crc32(kb + payload), len(kb)) + kb + payload
-            with open(tmp, "wb") as f:
-                f.write(blob)
-                if self._fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
+            while True:
+                try:
+                    self._write(tmp, path, blob)
+                    break
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink(missing_ok=True)
+                    if exc.errno in _DISK_FULL and self._entries:
+                        old = self._drop_oldest()
+                        log.warning("spool disk %s is full (%s): dropped oldest segment %s (seq %d); "
+                                    "%d dropped so far", self.directory, exc.strerror, old.key, old.seq, self.dropped)
+                        continue
+                    self.failed += 1
+                    log.error("spool: cannot write segment %s to %s (%s); %d write(s) failed so far",
+                              key, self.directory, exc, self.failed)
+                    raise SpoolError(f"cannot write segment {key} to {self.directory}: {exc}",
+                                     code="spool_write") from exc
             if self._fsync:
-                self._sync_dir()
+                try:
+                    self._sync_dir()
+                except OSError as exc:  # the entry is complete and renamed; only its durability is in doubt
+                    log.warning("spool: fsync of %s failed (%s)", self.directory, exc)
             entry = SpoolEntry(seq=seq, key=key, nbytes=len(payload), path=path)
             self._entries[seq] = entry
             self._bytes += len(payload)
@@ -145,7 +170,7 @@ class Spool:
 
     def stats(self) -> SpoolStats:
         with self._lock:
-            return SpoolStats(len(self._entries), self._bytes, self.dropped, self.quarantined)
+            return SpoolStats(len(self._entries), self._bytes, self.dropped, self.quarantined, self.failed)
 
     def __len__(self) -> int:
         with self._lock:
@@ -182,6 +207,20 @@ class Spool:
         if self._entries:
             log.info("spool %s: %d segments (%d B) waiting from an earlier run",
                      self.directory, len(self._entries), self._bytes)
+
+    def _write(self, tmp: Path, path: Path, blob: bytes) -> None:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            if self._fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _drop_oldest(self) -> SpoolEntry:
+        old = next(iter(self._entries.values()))
+        self._remove(old)
+        self.dropped += 1
+        return old
 
     def _remove(self, entry: SpoolEntry) -> None:
         entry.path.unlink(missing_ok=True)
