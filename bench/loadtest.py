@@ -63,17 +63,6 @@ def demo_segments(scenario: Path) -> list[bytes]:
     return out
 
 
-def reheader(payload: bytes, **changes) -> bytes:
-    """The payload with header fields replaced; the audio (and so its hash) is untouched."""
-    from gate.wire import PREFIX_BYTES
-
-    n = int.from_bytes(payload[4:PREFIX_BYTES], "big")
-    head = json.loads(payload[PREFIX_BYTES:PREFIX_BYTES + n])
-    head.update(changes)
-    raw = json.dumps(head, separators=(",", ":")).encode()
-    return payload[:4] + len(raw).to_bytes(4, "big") + raw + payload[PREFIX_BYTES + n:]
-
-
 # ---------------------------------------------------------------------------------------------
 # Fleet
 
@@ -120,7 +109,7 @@ def start_fleet(n: int, host: str, port: int, spool_root: Path, window: int) -> 
 def publish_schedule(nodes: list[SimNode], templates: list[bytes], *, per_node: int, publish_s: float,
                      deadline: float, seed: int) -> int:
     """Each node sends ``per_node`` segments evenly over ``publish_s`` from a random phase; returns how many."""
-    from gate.wire import new_id
+    from gate.wire import new_id, rewrite_header
 
     rng = np.random.default_rng(seed)
     interval = publish_s / per_node
@@ -137,8 +126,8 @@ def publish_schedule(nodes: list[SimNode], templates: list[bytes], *, per_node: 
         sim = nodes[i]
         sid = new_id()
         now = time.time()
-        payload = reheader(templates[(i + k) % len(templates)], node_id=sim.node_id, boot_id=boot[sim.node_id],
-                           segment_id=sid, seq=k, sent_unix=now)
+        payload = rewrite_header(templates[(i + k) % len(templates)], node_id=sim.node_id,
+                                 boot_id=boot[sim.node_id], segment_id=sid, seq=k, sent_unix=now)
         sim.sent[sid] = now
         sim.transport.publish_segment(payload, segment_id=sid)
         made += 1

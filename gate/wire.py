@@ -272,6 +272,17 @@ def encode_segment(header: SegmentHeader, samples: np.ndarray, codec: str | None
     return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, len(head)) + head + audio
 
 
+def rewrite_header(payload: bytes, **changes: Any) -> bytes:
+    """``payload`` with header fields replaced and the audio untouched: no re-encoding and no
+    validation. For tools, not the node: the load test re-addresses one encoded segment to many
+    simulated nodes, and the fuzz campaign forges headers."""
+    head, audio = _split(payload, max_bytes=len(payload))
+    fields = _parse_json(head)
+    fields.update(changes)
+    raw = json.dumps(fields, separators=(",", ":")).encode()
+    return _PREFIX.pack(FRAME_MAGIC, FRAME_VERSION, len(raw)) + raw + audio
+
+
 def peek_header(payload: bytes) -> dict[str, Any]:
     """The header as a dict without checking the audio (for logs and rejection replies); raises WireError."""
     head, _ = _split(payload, max_bytes=len(payload))

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.wire import PREFIX_BYTES
-
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 SR = 16_000
@@ -94,15 +92,6 @@ def spool_ids(spool_dir: Path) -> list[str]:
         if parsed is not None:
             out.append(parsed[0])
     return out
-
-
-def reheader(payload: bytes, **changes) -> bytes:
-    """``payload`` with header fields replaced, the audio untouched (no re-encoding, no validation)."""
-    n = int.from_bytes(payload[4:PREFIX_BYTES], "big")
-    head = json.loads(payload[PREFIX_BYTES:PREFIX_BYTES + n])
-    head.update(changes)
-    raw = json.dumps(head, separators=(",", ":")).encode()
-    return payload[:4] + len(raw).to_bytes(4, "big") + raw + payload[PREFIX_BYTES + n:]
 
 
 # ---------------------------------------------------------------------------------------------

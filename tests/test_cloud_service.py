@@ -25,7 +25,7 @@ from mqtt_helpers import Collector, Mosquitto, needs_mosquitto
 from test_cloud_service_units import make_segment
 from test_store import pg_server, pg_url  # noqa: F401  (fixtures: a PostgreSQL server for this module)
 
-from gate.wire import Verdict
+from gate.wire import Verdict, rewrite_header
 
 pytestmark = [needs_mosquitto, pytest.mark.slow]
 
@@ -334,16 +334,15 @@ def test_malformed_messages_from_mosquitto_pub_are_counted_and_service_keeps_ser
     _, pcm = make_segment(seed=4, seconds=0.25, codec="pcm_s16le")
     _, other = make_segment(seed=5, seconds=0.25, codec="pcm_s16le")
     head_len = int.from_bytes(pcm[4:8], "big")
-    head = json.loads(pcm[8:8 + head_len])
     cases = {
         "junk": ("gate/n1/segments", b"this is not a segment", "wire_bad_magic"),
         "empty": ("gate/n1/segments", b"", "wire_truncated"),
         "truncated": ("gate/n1/segments", other[:-100], "wire_n_samples"),
         "too_large": ("gate/n1/segments", os.urandom(20 * 1024), "wire_too_large"),
         "bad_json": ("gate/n1/segments", pcm[:8] + b"\xff" * head_len + pcm[8 + head_len:], "wire_header_json"),
-        "rate": ("gate/n1/segments", _reheader(pcm, dict(head, sample_rate=8000)), "wire_sample_rate"),
-        "codec": ("gate/n1/segments", _reheader(pcm, dict(head, codec="mp3")), "wire_codec"),
-        "version": ("gate/n1/segments", _reheader(pcm, dict(head, v=99)), "wire_version"),
+        "rate": ("gate/n1/segments", rewrite_header(pcm, sample_rate=8000), "wire_sample_rate"),
+        "codec": ("gate/n1/segments", rewrite_header(pcm, codec="mp3"), "wire_codec"),
+        "version": ("gate/n1/segments", rewrite_header(pcm, v=99), "wire_version"),
         "forged_node": ("gate/n2/segments", pcm, "wire_node_mismatch"),
         "bad_topic": ("gate/n 1/segments", pcm, "wire_topic"),
     }
@@ -374,12 +373,6 @@ def _healthy(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def _reheader(payload: bytes, head: dict) -> bytes:
-    n = int.from_bytes(payload[4:8], "big")
-    raw = json.dumps(head).encode()
-    return payload[:4] + len(raw).to_bytes(4, "big") + raw + payload[8 + n:]
 
 
 def test_broker_restart_is_survived(broker, service_factory, node):

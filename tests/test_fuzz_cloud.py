@@ -27,11 +27,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_helpers import CloudService, reheader, store_count, store_rows, wait_until  # noqa: E402
+from fault_helpers import CloudService, store_count, store_rows, wait_until  # noqa: E402
 from mqtt_helpers import MOSQUITTO, Collector, Mosquitto  # noqa: E402
 from test_cloud_service_units import make_segment  # noqa: E402
 
-from gate.wire import MAX_HEADER_BYTES, PREFIX_BYTES, WireError, decode_segment, new_id, parse_topic  # noqa: E402
+from gate.wire import (  # noqa: E402
+    MAX_HEADER_BYTES,
+    PREFIX_BYTES,
+    WireError,
+    decode_segment,
+    new_id,
+    parse_topic,
+    rewrite_header,
+)
 
 FUZZ_N = int(os.environ.get("GATE_FUZZ_PAYLOADS", "1000"))
 MAX_PAYLOAD_KB, MAX_SEGMENT_S = 64, 5.0
@@ -80,7 +88,7 @@ def _header_edits(rng: np.random.Generator) -> dict:
 
 def _mutate(rng: np.random.Generator, kind: str, base: bytes) -> tuple[str, bytes]:
     topic = f"gate/{NODE}/segments"
-    fresh = reheader(base, segment_id=new_id())
+    fresh = rewrite_header(base, segment_id=new_id())
     if kind == "valid":
         return topic, fresh
     if kind == "random":
@@ -97,7 +105,7 @@ def _mutate(rng: np.random.Generator, kind: str, base: bytes) -> tuple[str, byte
     if kind == "truncate":
         return topic, fresh[:int(rng.integers(0, len(fresh)))]
     if kind == "header_edit":
-        return topic, reheader(fresh, **_header_edits(rng))
+        return topic, rewrite_header(fresh, **_header_edits(rng))
     if kind == "prefix_lie":
         n = int.from_bytes(fresh[4:PREFIX_BYTES], "big")
         lie = [0, n - 1, n + 1, len(fresh), MAX_HEADER_BYTES + 1, 2 ** 32 - 1][int(rng.integers(6))]
@@ -113,10 +121,10 @@ def _mutate(rng: np.random.Generator, kind: str, base: bytes) -> tuple[str, byte
     if kind == "codec_swap":  # the header names the other codec than the audio carries
         n = int.from_bytes(fresh[4:PREFIX_BYTES], "big")
         codec = json.loads(fresh[PREFIX_BYTES:PREFIX_BYTES + n])["codec"]
-        return topic, reheader(fresh, codec="pcm_s16le" if codec == "flac" else "flac")
+        return topic, rewrite_header(fresh, codec="pcm_s16le" if codec == "flac" else "flac")
     if kind == "undecodable_flac":
         n = int.from_bytes(fresh[4:PREFIX_BYTES], "big")
-        head = reheader(fresh, codec="flac")[:PREFIX_BYTES + n + 2]  # header grows by 2 B at most
+        head = rewrite_header(fresh, codec="flac")[:PREFIX_BYTES + n + 2]  # header grows by 2 B at most
         n2 = int.from_bytes(head[4:PREFIX_BYTES], "big")
         return topic, head[:PREFIX_BYTES + n2] + b"fLaC" + rng.bytes(int(rng.integers(0, 3000)))
     if kind == "oversized":
@@ -240,7 +248,7 @@ def test_the_oracle_agrees_with_hand_made_cases():
     _, good = make_segment(node=NODE, seconds=0.25)
     assert classify(f"gate/{NODE}/segments", good)[0] is None
     assert classify("gate/n2/segments", good)[0] == "wire_node_mismatch"
-    assert classify(f"gate/{NODE}/segments", reheader(good, v=2))[0] == "wire_version"
+    assert classify(f"gate/{NODE}/segments", rewrite_header(good, v=2))[0] == "wire_version"
     assert classify(f"gate/{NODE}/segments", good[:-10])[0] in ("wire_audio", "wire_n_samples")
     kinds = Counter(c.kind for c in cases(400))
     assert set(kinds) == set(KINDS), "every mutation kind is exercised"
