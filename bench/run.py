@@ -6,19 +6,19 @@ Each result may carry goals as pairs ``X`` and ``X_target`` (higher is better) o
 
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # one core: the goals are per core
-
 import argparse
 import importlib.util
 import inspect
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
+
+# One core: the goals are per core. Set before any bench module imports numpy.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 HERE = Path(__file__).resolve().parent
 # `python bench/run.py` puts bench/ first on sys.path, where bench/cloud.py would shadow the `cloud`

@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 import gate
-
 from gate.cli import main
 from gate.config import GateSettings
 from gate.energy import EnergyModel
