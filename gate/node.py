@@ -287,12 +287,10 @@ def run_node(*, settings: Any, config_path: str | None, input_file: str | None =
         transport = open_transport(settings, ledger=ledger, boot_id=boot_id, broker=broker, stack=stack)
         cascade = Cascade.from_config(settings, ledger=ledger, publisher=transport, boot_id=boot_id,
                                       wall_clock=time.time)
-        if source is not None:
-            pass
-        elif input_file is not None:
+        if source is None and input_file is not None:
             source = PacedSource.from_file(input_file, block_ms=settings.node.blocksize_ms, realtime=realtime,
                                            sample_rate=settings.audio.sample_rate)
-        else:
+        elif source is None:
             from sensors.microphone import Microphone
 
             n = settings.node
@@ -301,7 +299,7 @@ def run_node(*, settings: Any, config_path: str | None, input_file: str | None =
                                 target_rate=settings.audio.sample_rate)
             source.start()
         node = Node(settings=settings, cascade=cascade, source=source, transport=transport,
-                    config_path=config_path, load=lambda p: load_settings(p))
+                    config_path=config_path, load=load_settings)
         if install_signals and threading.current_thread() is threading.main_thread():
             node.install_signal_handlers()
         transport.start()
