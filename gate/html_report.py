@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from gate.report import atomic_write_text
 
 PIPELINE_LABELS = {"always_stream": "always-stream", "always_on_kws": "always-on KWS", "cascade": "cascade"}
 STAGE_COLOURS = {"analog_gate": "#8c564b", "adc": "#1f77b4", "features_kws": "#ff7f0e", "encoder": "#9467bd",
@@ -333,16 +333,4 @@ def render(report: dict) -> str:
 
 def write_html(report: dict, path: Path) -> None:
     """Atomically, like the JSON report."""
-    text = render(report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, render(report))
