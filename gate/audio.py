@@ -14,6 +14,17 @@ SAMPLE_RATE = 16_000
 SAMPLE_WIDTH = 2  # bytes per int16 sample
 
 
+def frozen_int16(samples: object, what: str) -> np.ndarray:
+    """``samples`` as a read-only 1-D int16 array (copied if the caller could still write to it),
+    so a frozen audio value cannot change after it is made."""
+    if not isinstance(samples, np.ndarray) or samples.dtype != np.int16 or samples.ndim != 1:
+        raise TypeError(f"{what} must be a 1-D int16 numpy array")
+    if samples.flags.writeable:
+        samples = samples.copy()
+        samples.flags.writeable = False
+    return samples
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """A fixed block of mono int16 samples and where it sits on the audio clock."""
@@ -24,15 +35,9 @@ class Frame:
     t0_s: float
 
     def __post_init__(self) -> None:
-        s = self.samples
-        if not isinstance(s, np.ndarray) or s.dtype != np.int16 or s.ndim != 1:
-            raise TypeError("Frame.samples must be a 1-D int16 numpy array")
+        object.__setattr__(self, "samples", frozen_int16(self.samples, "Frame.samples"))
         if self.sample_rate <= 0:
             raise ValueError(f"Frame.sample_rate must be positive, got {self.sample_rate}")
-        if s.flags.writeable:
-            s = s.copy()
-            s.flags.writeable = False
-            object.__setattr__(self, "samples", s)
 
     @property
     def n_samples(self) -> int:

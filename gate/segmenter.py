@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from gate.audio import SAMPLE_WIDTH
+from gate.audio import SAMPLE_WIDTH, frozen_int16
 from gate.strict import Strict
 from gate.wire import DEFAULT_MAX_SECONDS
 
@@ -71,15 +71,10 @@ class Segment:
     seq: int = 0
 
     def __post_init__(self) -> None:
-        s = self.samples
-        if not isinstance(s, np.ndarray) or s.dtype != np.int16 or s.ndim != 1:
-            raise TypeError("Segment.samples must be a 1-D int16 numpy array")
+        s = frozen_int16(self.samples, "Segment.samples")
         if not self.start_sample <= self.detect_sample <= self.start_sample + s.size:
             raise ValueError("detect_sample must lie within the segment")
-        if s.flags.writeable:
-            s = s.copy()
-            s.flags.writeable = False
-            object.__setattr__(self, "samples", s)
+        object.__setattr__(self, "samples", s)
 
     @property
     def n_samples(self) -> int:
