@@ -55,6 +55,14 @@ def normalise(text: str) -> str:
     return " ".join(kept.split())
 
 
+def wake_phrase(text: str) -> str:
+    """``text`` normalised; a ValueError if nothing is left (for recipe validators)."""
+    phrase = normalise(text)
+    if not phrase:
+        raise ValueError("the wake phrase is empty")
+    return phrase
+
+
 def match_command(transcript: str) -> Command | None:
     """The command whose phrase is the whole normalised transcript, else the longest phrase it contains.
 

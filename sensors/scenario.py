@@ -35,7 +35,7 @@ from scipy import signal
 
 from gate.audio import SAMPLE_RATE, float_to_int16
 from gate.strict import Strict
-from gate.vocabulary import WAKE_PHRASE, command_phrases, normalise
+from gate.vocabulary import WAKE_PHRASE, command_phrases, normalise, wake_phrase
 from sensors.synth import confusables, noise, rooms, tts
 from sensors.synth.augment import fft_convolve_rows
 from sensors.synth.errors import RecipeError
@@ -144,10 +144,7 @@ class Recipe(Strict):
     @field_validator("wake_phrase")
     @classmethod
     def _phrase(cls, v: str) -> str:
-        v = normalise(v)
-        if not v:
-            raise ValueError("the wake phrase is empty")
-        return v
+        return wake_phrase(v)
 
     @property
     def n_samples(self) -> int:

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 
 from gate.audio import SAMPLE_RATE
 from gate.strict import Strict
-from gate.vocabulary import normalise
+from gate.vocabulary import normalise, wake_phrase
 from sensors.synth import confusables, rooms, tts
 from sensors.synth.augment import AugmentConfig, RirBank, augment
 from sensors.synth.errors import DataError, TTSError
@@ -68,10 +68,7 @@ class SynthConfig(Strict):
     @field_validator("phrase")
     @classmethod
     def _phrase(cls, v: str) -> str:
-        v = normalise(v)
-        if not v:
-            raise ValueError("the wake phrase is empty")
-        return v
+        return wake_phrase(v)
 
     @field_validator("fractions")
     @classmethod
