@@ -17,6 +17,9 @@ from gate.kws.interpreter import ModelError, TFLiteModel
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_VERIFIER = MODELS_DIR / "verifier.tflite"
+# Window ends scored around the node's fire time (s before, s after) and every this many frames.
+SEARCH_S = (-0.25, 0.35)
+SEARCH_STRIDE = 3
 
 
 def read_card(path: Path) -> dict:
@@ -45,12 +48,20 @@ class Verifier:
         self.threshold = float(threshold if threshold is not None else self.card.get("threshold", 0.5))
 
     def score(self, samples: np.ndarray, fired_at_s: float) -> float:
-        """Posterior that the wake phrase ends just before ``fired_at_s`` (seconds into the segment)."""
+        """Posterior that the wake phrase ends just before ``fired_at_s`` (seconds into the segment).
+
+        The node's detector fires after smoothing and a run of hits, so the phrase's true end lies a
+        little before (or, with a slow model, after) the fire time: the best of the windows ending
+        within ``SEARCH_S`` of it is the score.
+        """
         feats = self.featurizer.compute(samples)
         if feats.shape[0] == 0:
             return 0.0
-        end = int(np.searchsorted(self.featurizer.frame_end_s(np.arange(feats.shape[0])), fired_at_s, "right"))
-        return float(self.model(window(feats, end, self.frames)[None])[0, 0])
+        ends_s = self.featurizer.frame_end_s(np.arange(feats.shape[0]))
+        lo, hi = (np.searchsorted(ends_s, fired_at_s + d, "right") for d in SEARCH_S)
+        ends = np.unique(np.clip(np.arange(lo, hi + 1, SEARCH_STRIDE), 1, feats.shape[0]))
+        batch = np.stack([window(feats, e, self.frames) for e in ends])
+        return float(np.max(self.model.run_batch(batch)[:, 0]))
 
     def verify(self, samples: np.ndarray, fired_at_s: float) -> tuple[bool, float]:
         p = self.score(samples, fired_at_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sensors.wavfile import read_audio
@@ -38,11 +39,28 @@ def test_verifier_is_bigger_and_wider_than_the_tiny_model(verifier):
     assert verifier.frames >= 150  # >= 1.5 s of context
 
 
+@pytest.mark.parametrize("late_s", [0.05, 0.25, 0.5])
 @pytest.mark.parametrize("name", sorted(n for n, lab in LABELS.items() if lab["wake"]))
-def test_verifier_accepts_wake_words(verifier, name):
+def test_verifier_accepts_wake_words(verifier, name, late_s):
+    # The node fires some time after the phrase ends (smoothing, a run of hits): the verifier looks around.
     x = read_audio(DATA / name)
-    ok, p = verifier.verify(x, LABELS[name]["wake_end_s"] + 0.25)
+    ok, p = verifier.verify(x, LABELS[name]["wake_end_s"] + late_s)
     assert ok, (name, p)
+
+
+def test_verifier_scores_the_best_window_near_the_fire_time(verifier, monkeypatch):
+    from cloud import verifier as v
+
+    name = sorted(n for n, lab in LABELS.items() if lab["wake"])[0]
+    x = read_audio(DATA / name)
+    t = LABELS[name]["wake_end_s"] + 0.25
+    searched = verifier.score(x, t)
+    lo, hi = v.SEARCH_S
+    monkeypatch.setattr(v, "SEARCH_S", (0.0, 0.0))  # one window only, ending at the fire time
+    dense = [verifier.score(x, t + d) for d in np.arange(lo, hi + 0.005, 0.01)]
+    # The searched windows are some of these (every third frame from the first): their best.
+    assert dense[0] - 1e-6 <= searched <= max(dense) + 1e-6
+    assert max(dense) - min(dense) > 0.05  # the window's placement matters, so the search does too
 
 
 @pytest.mark.parametrize("name", sorted(n for n, lab in LABELS.items() if not lab["wake"]))
