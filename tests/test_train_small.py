@@ -25,6 +25,7 @@ augment: {copies: 1, snr_db: [10, 30]}
 tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epochs: 20, batch: 32, lr: 0.005}
 verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, epochs: 2, batch: 32}
 commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32}
+streams: {minutes: 1, mine_minutes: 1, mine_epochs: 1, mine_threshold: 0.05}
 feature_kinds: [logmel]
 evaluation: {scenes: [quiet_home], minutes: 1, keywords_per_hour: 240}
 """
@@ -49,5 +50,9 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     for f in ("tiny_logmel.tflite", "verifier.tflite", "commands.tflite", "tiny_logmel.json", "verifier.json",
               "commands.json"):
         assert (out / f).is_file(), f
+    # Stream windows (scene-like audio spoken by training voices) and mined hard negatives were used.
+    assert tiny["stream_windows"] > 1000 and tiny["stream_positives"] > 0, tiny
+    assert card["data"]["streams"]["keywords"] > 0
+    assert "mined_negatives" in tiny and "mined_negatives" in card["models"]["verifier"]
     assert "tiny" in card["evaluation"]["tiny_logmel"]
     assert np.isfinite(card["evaluation"]["tiny_logmel"]["tiny"]["fa_per_hour"])

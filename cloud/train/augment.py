@@ -97,6 +97,16 @@ def reverb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (y * (np.max(np.abs(x)) / (np.max(np.abs(y)) + 1e-12))).astype(np.float32)
 
 
+def speed(x: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """Speed perturbation: resampled by a random factor in [lo, hi] and played at the same rate, so pitch,
+    formants (vocal-tract length) and tempo all move together, as between speakers. Factor in 1/40 steps."""
+    k = int(round(rng.uniform(lo, hi) * 40))
+    if k == 40:
+        return x
+    g = np.gcd(k, 40)
+    return signal.resample_poly(x, 40 // g, k // g).astype(np.float32)
+
+
 def rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
 

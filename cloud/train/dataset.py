@@ -42,6 +42,13 @@ def _place(speech: np.ndarray, n: int, end_at: int) -> np.ndarray:
     return out
 
 
+def perturb(audio: np.ndarray, rng: np.random.Generator, aug: AugmentSpec) -> np.ndarray:
+    """Speed-perturbed with probability ``aug.speed_prob`` (no draw at all when it is 0)."""
+    if aug.speed_prob > 0 and rng.random() < aug.speed_prob:
+        return augment.speed(audio, rng, *aug.speed)
+    return audio
+
+
 def _dress(x: np.ndarray, rng: np.random.Generator, aug: AugmentSpec, babble_pool: Sequence[np.ndarray],
            speech_mask: bool = True) -> np.ndarray:
     if speech_mask and rng.random() < aug.reverb_prob:
@@ -69,14 +76,15 @@ def wake_clips(renders: Sequence[Render], *, clip_s: float, aug: AugmentSpec, rn
     for r in tqdm(renders, desc=desc, unit="utt", leave=False):
         positive = r.kind.startswith("positive")
         for _ in range(aug.copies):
+            audio = perturb(r.audio, rng, aug)
             if positive:
                 end = n - int(rng.uniform(0.05, 0.35) * SR)
-                xs.append(_dress(_place(r.audio, n, end), rng, aug, babble_pool))
+                xs.append(_dress(_place(audio, n, end), rng, aug, babble_pool))
                 ys.append(1)
                 kinds.append(r.kind)
             else:
                 end = int(rng.uniform(0.5, 1.0) * n) if rng.random() < 0.5 else n - int(rng.uniform(0, 0.3) * SR)
-                xs.append(_dress(_place(r.audio, n, end), rng, aug, babble_pool))
+                xs.append(_dress(_place(audio, n, end), rng, aug, babble_pool))
                 ys.append(0)
                 kinds.append(r.kind)
         if r.kind == "positive" and rng.random() < 0.5:
@@ -124,3 +132,78 @@ def featurize(clips: Clips, featurizer, frames: int, desc: str = "features") -> 
             raise ValueError(f"clip gives {f.shape[0]} feature frames, model needs {frames}")
         out[i] = f[-frames:]
     return out
+
+
+@dataclass(slots=True)
+class Stream:
+    """One long stream's features and where its labelled windows end (row index, exclusive)."""
+
+    feats: np.ndarray     # (rows, dim) float32
+    pos_ends: np.ndarray  # window ends that should fire: just after a wake phrase
+    neg_ends: np.ndarray  # every window end that must not fire (outside the phrase's firing zone)
+
+
+def stream(scene, featurizer, *, fire_after_s: tuple[float, float] = (0.05, 0.35),
+           quiet_before_s: float = 0.2, quiet_after_s: float = 1.0) -> Stream:
+    """Label every window of a scene as the detector will meet it in use.
+
+    Windows ending ``fire_after_s`` after a wake phrase ends are positives. Windows ending from
+    ``quiet_before_s`` before a phrase ends to ``quiet_after_s`` after are neither (the phrase is
+    nearly or just heard; smoothing and refractory decide there). All other windows are negatives,
+    including the ones that end inside the phrase, so that the model fires only once it has heard all of it.
+    """
+    feats = featurizer.compute(scene.audio.astype(np.float32) / 32768.0)
+    ends_s = featurizer.frame_end_s(np.arange(feats.shape[0]))
+    rows = np.arange(feats.shape[0]) + 1          # a window ending at row r (exclusive) ends at ends_s[r - 1]
+    pos = np.zeros(rows.size, bool)
+    skip = np.zeros(rows.size, bool)
+    for _a, b in scene.keywords:
+        pos |= (ends_s >= b + fire_after_s[0]) & (ends_s <= b + fire_after_s[1])
+        skip |= (ends_s >= b - quiet_before_s) & (ends_s <= b + quiet_after_s)
+    return Stream(feats, rows[pos], rows[~skip])
+
+
+def windows(feats: np.ndarray, ends: np.ndarray, frames: int) -> np.ndarray:
+    """(n, frames, dim) windows of ``feats`` ending at each row in ``ends`` (exclusive)."""
+    idx = np.asarray(ends)[:, None] - frames + np.arange(frames)[None, :]
+    return feats[idx]
+
+
+def sample_ends(streams: Sequence[Stream], rng: np.random.Generator, *, frames: int, pos_every: int,
+                neg_every: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per stream, the (positive, negative) window ends to train on: every ``pos_every``-th positive
+    end and a random ``1/neg_every`` of the negative ones, all with at least ``frames`` rows behind them."""
+    out = []
+    for s in streams:
+        pos = s.pos_ends[s.pos_ends >= frames][:: max(1, pos_every)]
+        neg = s.neg_ends[s.neg_ends >= frames]
+        out.append((pos, neg[rng.random(neg.size) < 1.0 / neg_every]))
+    return out
+
+
+def gather(streams: Sequence[Stream], ends: Sequence[tuple[np.ndarray, np.ndarray]],
+           frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of ``frames`` rows at the sampled ends, and their 0/1 labels."""
+    xs, ys = [], []
+    for s, (pos, neg) in zip(streams, ends, strict=True):
+        xs += [windows(s.feats, pos, frames), windows(s.feats, neg, frames)]
+        ys += [np.ones(pos.size, np.float32), np.zeros(neg.size, np.float32)]
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def mine(predict, streams: Sequence[Stream], frames: int, *, stride: int, threshold: float, limit: int,
+         chunk: int = 8192) -> np.ndarray:
+    """Hard negatives: the windows (every ``stride``-th negative end, as the node would run) that
+    ``predict`` scores at or above ``threshold``; the ``limit`` highest-scoring ones."""
+    found: list[tuple[float, int, int]] = []
+    for si, s in enumerate(streams):
+        ends = s.neg_ends[s.neg_ends >= frames][::stride]
+        for a in range(0, ends.size, chunk):
+            e = ends[a:a + chunk]
+            p = np.asarray(predict(windows(s.feats, e, frames))).reshape(-1)
+            found += [(float(p[i]), si, int(e[i])) for i in np.flatnonzero(p >= threshold)]
+    found.sort(reverse=True)
+    found = found[:limit]
+    if not found:
+        return np.zeros((0, frames, streams[0].feats.shape[1] if streams else 0), np.float32)
+    return np.concatenate([windows(streams[si].feats, np.array([e]), frames) for _, si, e in found])

@@ -102,6 +102,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
     babble = [r.audio for r in train_r if r.kind == "speech"][:400]
     eval_babble = [r.audio for r in eval_r if r.kind == "speech"]
     parts = set(opts.only or PARTS)
+    streams = None
     if parts & {"verifier", "tiny"}:
         wake_r = [r for r in train_r if not r.kind.startswith("command:")]
         rng = _rng(recipe.seed, "clips")
@@ -117,25 +118,33 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
                                       "test_heldout_voices": len(test),
                                       "positives_train": int(clips.labels[tr_idx].sum()),
                                       "positives_test": int(test.labels.sum())}
+        stream_scenes, mine_scenes = _stream_scenes(recipe, train_r)
+        streams = _StreamFeatures(recipe, stream_scenes, mine_scenes)
+        card["data"]["streams"] = {"minutes_each": recipe.streams.minutes,
+                                   "mine_minutes_each": recipe.streams.mine_minutes,
+                                   "scenes": [s.name for s in stream_scenes],
+                                   "keywords": sum(len(s.keywords) for s in stream_scenes)}
 
     # --- verifier (float, cloud) --------------------------------------------------------------
     lm = Featurizer("logmel")
     models: dict[str, dict] = {}
-    teacher_p = None
+    teacher_p = teacher_s = None
     if "verifier" in parts:
         vspec = recipe.verifier
         xv = dataset.featurize(clips, lm, vspec.window_frames, desc="verifier features")
         xv_test = dataset.featurize(test, lm, vspec.window_frames, desc="verifier test features")
-        mean, std = _stats(xv[tr_idx])
+        xs, ys = streams.windows("logmel", vspec.window_frames)
         t0 = time.process_time()
-        verifier = build(vspec, dim=lm.dim, n_out=1, mean=mean, std=std, name="verifier")
-        hist = fit.train(verifier, xv[tr_idx], clips.labels[tr_idx], epochs=vspec.epochs, batch=vspec.batch,
-                         lr=vspec.lr, seed=recipe.seed, x_val=xv[val_idx], y_val=clips.labels[val_idx],
-                         desc="verifier")
+        verifier, hist, mined = _fit_binary(
+            vspec, "verifier", lm.dim, np.concatenate([xv[tr_idx], xs]),
+            np.concatenate([clips.labels[tr_idx].astype(np.float32), ys]), xv[val_idx], clips.labels[val_idx],
+            recipe, streams.mine_streams("logmel"))
         v_bytes = fit.to_tflite(verifier, int8=False)
         (out / "verifier.tflite").write_bytes(v_bytes)
         vc = cost(verifier)
         teacher_p = fit.predict(verifier, xv)[:, 0]
+        teacher_s = fit.predict(verifier, xs)[:, 0] if len(xs) else np.zeros(0, np.float32)
+        del xs
         v_test_p = fit.tflite_predict(v_bytes, xv_test)[:, 0]
         vcard = {"model": "verifier", "feature_kind": "logmel", "features": lm.spec(),
                  "window_frames": vspec.window_frames,
@@ -143,6 +152,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
                  "threshold": recipe.evaluation.verifier_threshold,
                  "accuracy_val_float": fit.binary_accuracy(teacher_p[val_idx], clips.labels[val_idx]),
                  "accuracy_test_float": fit.binary_accuracy(v_test_p, test.labels),
+                 "stream_windows": int(ys.size), "stream_positives": int(ys.sum()), "mined_negatives": mined,
                  "train_cpu_s": round(time.process_time() - t0, 1), "history": _last(hist)}
         (out / "verifier.json").write_text(json.dumps({"phrase": recipe.phrase, **vcard}, indent=2) + "\n")
         del xv
@@ -188,14 +198,20 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         fz = Featurizer(kind)
         x = dataset.featurize(clips, fz, tspec.window_frames, desc=f"tiny features {kind}")
         x_test = dataset.featurize(test, fz, tspec.window_frames, desc=f"tiny test features {kind}")
-        variants_to_train = [("hard", clips.labels.astype(np.float32))]
+        xs, ys = streams.windows(kind, tspec.window_frames)
+        x_tr = np.concatenate([x[tr_idx], xs])
+        del xs
+        hard = clips.labels.astype(np.float32)
+        variants_to_train = [("hard", np.concatenate([hard[tr_idx], ys]))]
         if opts.teacher and kind == "logmel" and teacher_p is not None:
             a = recipe.distill.alpha
-            variants_to_train.append(("distilled", a * clips.labels + (1 - a) * teacher_p))
-        for how, y in variants_to_train:
+            soft = a * hard + (1 - a) * teacher_p
+            variants_to_train.append(("distilled", np.concatenate([soft[tr_idx], a * ys + (1 - a) * teacher_s])))
+        for how, y_tr in variants_to_train:
             name = f"tiny_{kind}" + ("_distilled" if how == "distilled" else "")
-            tc, b = _train_tiny(tspec, x, y, clips.labels, tr_idx, val_idx, x_test, test.labels, fz, recipe.seed,
-                                name)
+            tc, b = _train_tiny(tspec, x_tr, y_tr, x[val_idx], hard[val_idx], x_test, test.labels, fz, recipe,
+                                name, streams.mine_streams(kind))
+            tc["stream_windows"], tc["stream_positives"] = int(ys.size), int(ys.sum())
             tiny_cards[name] = tc
             tiny_bytes[name] = b
             (out / f"{name}.tflite").write_bytes(b)
@@ -255,24 +271,43 @@ def _scene(recipe: Recipe, kind: str, renders: list[corpus.Render], minutes: flo
                         confusables_per_hour=ev.confusables_per_hour)
 
 
-def _train_tiny(tspec, x, y, hard, tr_idx, val_idx, x_test, y_test, fz, seed, name) -> tuple[dict, bytes]:
-    mean, std = _stats(x[tr_idx])
+def _fit_binary(spec, name: str, dim: int, x_tr, y_tr, x_val, y_val, recipe: Recipe, mine_streams):
+    """Train on clips and stream windows; then add the negatives this model gets most wrong on fresh
+    streams and fine-tune (hard-negative mining). Returns the model, its history and the mined count."""
+    mean, std = _stats(x_tr)
+    model = build(spec, dim=dim, n_out=1, mean=mean, std=std, name=name)
+    hist = fit.train(model, x_tr, y_tr, epochs=spec.epochs, batch=spec.batch, lr=spec.lr, seed=recipe.seed,
+                     x_val=x_val, y_val=np.asarray(y_val, np.float32), desc=name)
+    ss = recipe.streams
+    if not mine_streams or ss.mine_epochs == 0 or ss.mine_limit == 0:
+        return model, hist, 0
+    hard = dataset.mine(lambda w: fit.predict(model, w), mine_streams, spec.window_frames, stride=3,
+                        threshold=ss.mine_threshold, limit=ss.mine_limit)
+    log.info("%s: %d hard negatives mined", name, len(hard))
+    if len(hard):
+        hist = fit.train(model, np.concatenate([x_tr, hard]), np.concatenate([y_tr, np.zeros(len(hard), np.float32)]),
+                         epochs=ss.mine_epochs, batch=spec.batch, lr=spec.lr / 3, seed=recipe.seed, x_val=x_val,
+                         y_val=np.asarray(y_val, np.float32), desc=f"{name} +mined")
+    return model, hist, int(len(hard))
+
+
+def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Recipe, name,
+                mine_streams) -> tuple[dict, bytes]:
     t0 = time.process_time()
-    model = build(tspec, dim=fz.dim, n_out=1, mean=mean, std=std, name=name)
-    hist = fit.train(model, x[tr_idx], y[tr_idx], epochs=tspec.epochs, batch=tspec.batch, lr=tspec.lr, seed=seed,
-                     x_val=x[val_idx], y_val=hard[val_idx].astype(np.float32), desc=name)
+    model, hist, mined = _fit_binary(tspec, name, fz.dim, x_tr, y_tr, x_val, y_val, recipe, mine_streams)
     train_s = time.process_time() - t0
     f_bytes = fit.to_tflite(model, int8=False)
-    rep = x[tr_idx][_rng(seed, "rep").permutation(tr_idx.size)[:500]]
+    rep = x_tr[_rng(recipe.seed, "rep").permutation(len(x_tr))[:500]]
     q_bytes = fit.to_tflite(model, int8=True, representative=rep)
     k = cost(model)
     pf = fit.tflite_predict(f_bytes, x_test)[:, 0]
     pq = fit.tflite_predict(q_bytes, x_test)[:, 0]
-    pqv = fit.tflite_predict(q_bytes, x[val_idx])[:, 0]
+    pqv = fit.tflite_predict(q_bytes, x_val)[:, 0]
     card = {"model": name, "feature_kind": fz.kind, "features": fz.spec(), "window_frames": tspec.window_frames,
             "params": k.params, "macs": k.macs, "size_bytes_int8": len(q_bytes), "size_bytes_float": len(f_bytes),
-            "accuracy_val_float": fit.binary_accuracy(fit.predict(model, x[val_idx])[:, 0], hard[val_idx]),
-            "accuracy_val_int8": fit.binary_accuracy(pqv, hard[val_idx]),
+            "mined_negatives": mined,
+            "accuracy_val_float": fit.binary_accuracy(fit.predict(model, x_val)[:, 0], y_val),
+            "accuracy_val_int8": fit.binary_accuracy(pqv, y_val),
             "accuracy_test_float": fit.binary_accuracy(pf, y_test),
             "accuracy_test_int8": fit.binary_accuracy(pq, y_test),
             "balanced_accuracy_test_float": fit.balanced_accuracy(pf, y_test),
@@ -280,6 +315,70 @@ def _train_tiny(tspec, x, y, hard, tr_idx, val_idx, x_test, y_test, fz, seed, na
             "int8_float_max_abs_diff_test": float(np.max(np.abs(pf - pq))) if pf.size else 0.0,
             "train_cpu_s": round(train_s, 1), "history": _last(hist)}
     return card, q_bytes
+
+
+def _stream_scenes(recipe: Recipe, train_r: list[corpus.Render]) -> tuple[list, list]:
+    """Training streams and hard-negative mining streams: scene kinds of the evaluation, training voices."""
+    ss = recipe.streams
+    talk = []
+    if ss.real_speech and (ss.minutes or ss.mine_minutes):
+        from sensors import real_speech  # recorded (not synthetic) talk, negatives only
+
+        talk = [a for _, a in real_speech.load()]
+
+    def make(kind: str, minutes: float, step: str) -> scenes.Scene:
+        return scenes.build(kind, minutes=minutes, keywords_per_hour=ss.keywords_per_hour,
+                            rng=_rng(recipe.seed, step + kind),
+                            positives=[r for r in train_r if r.kind.startswith("positive")],
+                            others=[r for r in train_r if r.kind == "speech"],
+                            commands=[r for r in train_r if r.kind.startswith("command:")],
+                            confusables=[r for r in train_r if r.kind == "confusable"],
+                            confusables_per_hour=ss.confusables_per_hour, talk_gap_s=ss.talk_gap_s,
+                            level_jitter_db=ss.level_jitter_db, extra_talk=talk)
+
+    # Streams hear the same speakers as the clips, speed-perturbed as often (one copy of each render).
+    rng = _rng(recipe.seed, "stream-perturb")
+    train_r = [corpus.Render(r.text, r.voice_id, r.kind, dataset.perturb(r.audio, rng, recipe.augment))
+               for r in train_r]
+    kinds = recipe.evaluation.scenes
+    train = [make(k, ss.minutes, "stream") for k in tqdm(kinds, desc="train streams", leave=False)
+             ] if ss.minutes else []
+    mine = [make(k, ss.mine_minutes, "mine") for k in kinds] if ss.mine_minutes and ss.mine_epochs else []
+    return train, mine
+
+
+class _StreamFeatures:
+    """Stream features per feature kind, computed once; window ends sampled once per kind, so the
+    verifier (teacher) and the tiny log-mel model (student) see the same stream positions."""
+
+    def __init__(self, recipe: Recipe, train: list, mine: list) -> None:
+        self.recipe, self._scenes, self._mine_scenes = recipe, train, mine
+        self._streams: dict[str, list] = {}
+        self._mine: dict[str, list] = {}
+        self._ends: dict[str, list] = {}
+
+    def _get(self, kind: str) -> None:
+        if kind in self._streams:
+            return
+        fz = Featurizer(kind)
+        self._streams[kind] = [dataset.stream(s, fz) for s in tqdm(self._scenes, desc=f"stream features {kind}",
+                                                                   leave=False)]
+        self._mine[kind] = [dataset.stream(s, fz) for s in self._mine_scenes]
+        ss = self.recipe.streams
+        frames = max(self.recipe.tiny.window_frames, self.recipe.verifier.window_frames)
+        self._ends[kind] = dataset.sample_ends(self._streams[kind], _rng(self.recipe.seed, "ends" + kind),
+                                               frames=frames, pos_every=ss.positive_every,
+                                               neg_every=ss.negative_every)
+
+    def windows(self, kind: str, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        self._get(kind)
+        if not self._streams[kind]:
+            return np.zeros((0, frames, Featurizer(kind).dim), np.float32), np.zeros(0, np.float32)
+        return dataset.gather(self._streams[kind], self._ends[kind], frames)
+
+    def mine_streams(self, kind: str) -> list:
+        self._get(kind)
+        return self._mine[kind]
 
 
 def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r, opts: Options) -> dict:

@@ -33,6 +33,9 @@ class AugmentSpec(Strict):
     snr_db: tuple[float, float] = Field((0.0, 25.0), description="Speech-to-noise ratio range, dB")
     reverb_prob: float = Field(0.5, ge=0.0, le=1.0)
     gain_db: tuple[float, float] = Field((-20.0, 0.0), description="Level range of the mixed clip, dB re -3 dBFS peak")
+    speed_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of renders speed-perturbed (pitch, formants, tempo)")
+    speed: tuple[float, float] = Field((0.85, 1.15), description="Speed-perturbation factor range")
 
 
 class ModelSpec(Strict):
@@ -49,6 +52,28 @@ class ModelSpec(Strict):
     input_noise: float = Field(0.0, ge=0.0, le=1.0, description="Training-time Gaussian noise on standardised features")
     bn_momentum: float = Field(
         0.9, ge=0.5, lt=1.0, description="Batch-norm moving-average momentum; 0.99 needs thousands of steps to settle")
+
+
+class StreamSpec(Strict):
+    """Long training streams built like the evaluation scenes, spoken by training voices only.
+
+    Clips teach what the phrase sounds like; streams teach where the detector must stay quiet: every
+    position of every sentence, babble and clatter, as the node meets them once every 30 ms."""
+
+    minutes: float = Field(20.0, ge=0.0, le=600.0, description="Minutes per scene kind to train on (0 = clips only)")
+    keywords_per_hour: float = Field(240.0, ge=1.0, le=450.0)
+    confusables_per_hour: float = Field(60.0, ge=0.0, le=450.0)
+    talk_gap_s: float = Field(2.0, gt=0.0, le=60.0, description="Mean gap between other-talk utterances, s")
+    level_jitter_db: float = Field(10.0, ge=0.0, le=30.0, description="Background level varies +-this per minute")
+    positive_every: int = Field(3, ge=1, le=30, description="Train on every n-th window end in a firing zone")
+    negative_every: int = Field(8, ge=1, le=1000, description="Train on about 1 in n negative window ends")
+    real_speech: bool = Field(True, description="Mix the recorded speech of datasets/real_speech into other talk")
+    mine_minutes: float = Field(
+        20.0, ge=0.0, le=600.0, description="Minutes per scene kind of fresh mining streams (0 = no mining)")
+    mine_threshold: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Mined: negatives the first model scores this high")
+    mine_limit: int = Field(20_000, ge=0, le=1_000_000, description="At most this many mined negatives")
+    mine_epochs: int = Field(4, ge=0, le=100, description="Fine-tuning epochs with the mined negatives added")
 
 
 class DistillSpec(Strict):
@@ -77,6 +102,7 @@ class Recipe(Strict):
     tiny: ModelSpec
     verifier: ModelSpec
     commands: ModelSpec
+    streams: StreamSpec = Field(default_factory=StreamSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     feature_kinds: list[Literal["logmel", "analog_envelopes"]] = Field(["logmel", "analog_envelopes"])
     evaluation: EvalSpec = Field(default_factory=EvalSpec)

@@ -8,7 +8,7 @@ command at ``keywords_per_hour``. Labels are the sample spans of each wake phras
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +31,16 @@ class Scene:
     name: str
     audio: np.ndarray                     # int16
     keywords: list[tuple[float, float]]   # (start_s, end_s) of each wake phrase
+    events: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, start_s, end_s) of every render
+    keyword_voices: list[str] = field(default_factory=list)  # who says each wake phrase
+
+    def what_at(self, t: float) -> str:
+        """The kind of the last render that started at or before ``t`` and ended within 1 s before it."""
+        best = "background"
+        for kind, a, b in self.events:
+            if a <= t <= b + 1.0:
+                best = kind
+        return best
 
     @property
     def hours(self) -> float:
@@ -39,50 +49,62 @@ class Scene:
 
 def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random.Generator,
           positives: Sequence[Render], others: Sequence[Render], commands: Sequence[Render],
-          confusables: Sequence[Render] = (), confusables_per_hour: float = 0.0) -> Scene:
-    """``others`` is everyday speech (about a third of the time); ``confusables`` are near-misses of the
-    phrase at ``confusables_per_hour`` (every detection on them counts as a false accept)."""
+          confusables: Sequence[Render] = (), confusables_per_hour: float = 0.0, talk_gap_s: float = 6.0,
+          level_jitter_db: float = 0.0, extra_talk: Sequence[np.ndarray] = ()) -> Scene:
+    """``others`` is everyday speech (about a third of the time at the default ``talk_gap_s``);
+    ``confusables`` are near-misses of the phrase at ``confusables_per_hour`` (every detection on them
+    counts as a false accept). Training streams vary the background level per minute by
+    ``level_jitter_db`` and mix ``extra_talk`` (recorded speech) into the other talk."""
     n = int(minutes * 60 * SR)
     bg_db, (lo, hi) = LEVELS[name]
     babble_pool = [r.audio for r in others]
     out = np.zeros(n, np.float32)
     for a in range(0, n, CHUNK_S * SR):
         b = min(n, a + CHUNK_S * SR)
-        out[a:b] = augment.background(name, b - a, rng, babble_pool) * 10 ** (bg_db / 20)
+        jitter = rng.uniform(-level_jitter_db, level_jitter_db) if level_jitter_db > 0 else 0.0
+        out[a:b] = augment.background(name, b - a, rng, babble_pool) * 10 ** ((bg_db + jitter) / 20)
 
-    def put(x: np.ndarray, at: int) -> tuple[int, int]:
+    events: list[tuple[str, float, float]] = []
+
+    def put(x: np.ndarray, at: int, kind: str) -> tuple[int, int]:
         if rng.random() < 0.5:
             x = augment.reverb(x, rng)
         x = augment.set_peak(x, rng.uniform(lo, hi))
         end = min(n, at + x.size)
         out[at:end] += x[: end - at]
+        events.append((kind, at / SR, end / SR))
         return at, end
 
     keywords: list[tuple[float, float]] = []
-    n_kw = max(1, int(round(keywords_per_hour * minutes / 60)))
-    slots = np.sort(rng.choice(np.arange(5, int(minutes * 60) - 10, 8), size=n_kw, replace=False))
+    voices: list[str] = []
+    grid = np.arange(5, int(minutes * 60) - 10, 8)
+    n_kw = min(grid.size, max(1, int(round(keywords_per_hour * minutes / 60))))
+    slots = np.sort(rng.choice(grid, size=n_kw, replace=False))
     busy = np.zeros(int(minutes * 60) + 1, bool)
     for s in slots:
-        kw = positives[int(rng.integers(len(positives)))].audio
-        a, b = put(kw, int(s * SR))
+        kw = positives[int(rng.integers(len(positives)))]
+        a, b = put(kw.audio, int(s * SR), "positive")
         keywords.append((a / SR, b / SR))
+        voices.append(kw.voice_id)
         cmd = commands[int(rng.integers(len(commands)))].audio
-        put(cmd, b + int(rng.uniform(0.2, 0.6) * SR))
+        put(cmd, b + int(rng.uniform(0.2, 0.6) * SR), "command")
         busy[max(0, s - 1):s + 6] = True
     # Near-misses sit in free 8 s slots, like the wake phrases, so that each is heard clearly.
     free = [sec for sec in range(5, int(minutes * 60) - 10, 8) if not busy[max(0, sec - 1):sec + 6].any()]
     n_conf = min(len(free), int(round(confusables_per_hour * minutes / 60))) if confusables else 0
     for sec in (rng.choice(free, size=n_conf, replace=False) if n_conf else []):
-        put(confusables[int(rng.integers(len(confusables)))].audio, int(sec * SR))
+        put(confusables[int(rng.integers(len(confusables)))].audio, int(sec * SR), "confusable")
         busy[max(0, sec - 1):sec + 6] = True
     # Other talk fills about a third of the time; it never overlaps a wake phrase's slot.
+    talk = [r.audio for r in others] + list(extra_talk)
     t = 0.0
     while t < minutes * 60 - 5:
-        t += rng.exponential(6.0)
+        t += rng.exponential(talk_gap_s)
         sec = int(t)
         if sec >= busy.size - 5 or busy[sec:sec + 5].any():
             continue
-        r = others[int(rng.integers(len(others)))].audio
-        a, b = put(r, int(t * SR))
+        r = talk[int(rng.integers(len(talk)))]
+        a, b = put(r, int(t * SR), "speech")
         t = b / SR
-    return Scene(name, np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), keywords)
+    return Scene(name, np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), keywords,
+                 sorted(events, key=lambda e: e[1]), voices)
