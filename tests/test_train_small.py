@@ -51,7 +51,7 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
               "commands.json"):
         assert (out / f).is_file(), f
     # Stream windows (scene-like audio spoken by training voices) and mined hard negatives were used.
-    assert tiny["stream_windows"] > 1000 and tiny["stream_positives"] > 0, tiny
+    assert tiny["stream_windows"] > 300 and tiny["stream_positives"] > 0, tiny
     assert card["data"]["streams"]["keywords"] > 0
     assert "mined_negatives" in tiny and "mined_negatives" in card["models"]["verifier"]
     assert "tiny" in card["evaluation"]["tiny_logmel"]
