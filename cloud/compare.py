@@ -60,13 +60,26 @@ def _gate_intervals(scene: Scene) -> list[tuple[float, float]]:
     return open_intervals(events, scene.audio.size / SR)
 
 
+def runs_with_preroll(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The stretches the KWS runs: each open interval with its pre-roll in front. A gate that reopens
+    within the pre-roll of its last close continues the run, as a node's segmenter does, instead of
+    restarting the KWS on audio it has already heard (which would re-detect the same phrase)."""
+    runs: list[tuple[float, float]] = []
+    for a, b in intervals:
+        start = max(0.0, a - PREROLL_S)
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(b, runs[-1][1]))
+        else:
+            runs.append((start, b))
+    return runs
+
+
 def ours_gated(scene: Scene, cfg: KwsConfig, intervals: list[tuple[float, float]]) -> tuple[list[float], float, int]:
     """KWS only while the simulated analog gate is open (plus pre-roll). Returns times, KWS CPU s, inferences."""
     kws = KeywordSpotter.from_config(cfg)
     times: list[float] = []
     t0 = time.process_time()
-    for a, b in intervals:
-        start = max(0.0, a - PREROLL_S)
+    for start, b in runs_with_preroll(intervals):
         kws.reset(start)
         seg = scene.audio[int(start * SR):int(b * SR)]
         for i in range(0, seg.size, SR):
@@ -165,8 +178,7 @@ def compare(scenes: list[Scene], *, with_competitors: bool = True) -> dict:
     from sensors.analog import duty_cycle
 
     intervals = [_gate_intervals(s) for s in scenes]
-    awake_s = sum(min(s.audio.size / SR, sum(b - max(0.0, a - PREROLL_S) for a, b in iv))
-                  for s, iv in zip(scenes, intervals, strict=True))
+    awake_s = sum(sum(b - a for a, b in runs_with_preroll(iv)) for iv in intervals)
     duty = sum(duty_cycle(iv, s.audio.size / SR) * s.hours for s, iv in zip(scenes, intervals, strict=True)) / hours
     for kind in ("logmel", "analog_envelopes"):
         if not default_model_path(kind).is_file():
