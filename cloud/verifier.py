@@ -1,8 +1,8 @@
 """Cloud inference: the wake-word verifier, a float TFLite model with 2 s of context.
 
 It takes the segment a node forwards (int16 at 16 kHz: pre-roll + wake phrase + command window)
-and where in it the node's detector fired, and re-scores the window ending there. Features come
-from gate.features, the same code the node runs.
+and where in it the node's detector fired, and re-scores the windows ending around there (see
+``Verifier.score``). Features come from gate.features, the same code the node runs.
 """
 
 from __future__ import annotations
