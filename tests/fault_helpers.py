@@ -109,6 +109,17 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def worker_states(state_dir: Path) -> list[dict]:
+    """The state files `gate-cloud serve` workers keep in ``state_dir`` (one being replaced is skipped)."""
+    out = []
+    for p in state_dir.glob("worker-*-*.json"):
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            pass  # being replaced
+    return out
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -183,13 +194,7 @@ class CloudService:
             raise AssertionError(f"gate-cloud serve not ready:\n{self.log()}")
 
     def states(self) -> list[dict]:
-        out = []
-        for p in self.state.glob("worker-*-*.json"):
-            try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
-                pass  # being replaced
-        return out
+        return worker_states(self.state)
 
     def ready(self) -> set[int]:
         return {s["index"] for s in self.states() if s["state"] == "ready" and alive(s["pid"])}

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mqtt_helpers import Collector, Mosquitto, needs_mosquitto
+from fault_helpers import alive, worker_states
+from mqtt_helpers import Collector, Mosquitto, mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
 from test_cloud_service_units import make_segment
 from test_store import pg_server, pg_url  # noqa: F401  (fixtures: a PostgreSQL server for this module)
 
@@ -76,18 +77,12 @@ class Service:
             raise
 
     def states(self) -> list[dict]:
-        out = []
-        for p in self.state.glob("worker-*-*.json"):
-            try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
-                pass  # being replaced
-        return out
+        return worker_states(self.state)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            ready = {s["index"] for s in self.states() if s["state"] == "ready" and _alive(s["pid"])}
+            ready = {s["index"] for s in self.states() if s["state"] == "ready" and alive(s["pid"])}
             if len(ready) == self.workers:
                 return
             if self.proc.poll() is not None:
@@ -96,7 +91,7 @@ class Service:
         raise AssertionError(f"service not ready:\n{self.log()}")
 
     def pid_of(self, index: int) -> int:
-        live = [s["pid"] for s in self.states() if s["index"] == index and _alive(s["pid"])]
+        live = [s["pid"] for s in self.states() if s["index"] == index and alive(s["pid"])]
         assert live, f"worker {index} is not running"
         return live[-1]
 
@@ -129,24 +124,10 @@ class Service:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a killed child stays a zombie until the supervisor reaps it
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path)
-    b.start()
-    yield b
-    b.stop()
+def broker(mosquitto):
+    """A real mosquitto on a free loopback port: the shared fixture, under the name these tests use."""
+    return mosquitto
 
 
 @pytest.fixture

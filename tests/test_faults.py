@@ -35,7 +35,7 @@ from fault_helpers import (
     store_rows,
     wait_until,
 )
-from mqtt_helpers import Mosquitto, needs_mosquitto
+from mqtt_helpers import mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
 from test_cloud_service_units import make_segment
 
 pytestmark = [needs_mosquitto, pytest.mark.slow]
@@ -45,11 +45,9 @@ CLOUD_CFG = "cloud:\n  reconnect_min_s: 0.1\n  reconnect_max_s: 1.0\n"
 
 
 @pytest.fixture
-def broker(tmp_path):
-    b = Mosquitto(tmp_path)
-    b.start()
-    yield b
-    b.stop()
+def broker(mosquitto):
+    """A real mosquitto on a free loopback port: the shared fixture, under the name these tests use."""
+    return mosquitto
 
 
 @pytest.fixture
