@@ -260,15 +260,17 @@ def build_eval_scenes(recipe: Recipe, eval_r: list[corpus.Render], minutes: floa
     return [_scene(recipe, k, eval_r, minutes, "scene") for k in tqdm(ev.scenes, desc="eval scenes", leave=False)]
 
 
-def _scene(recipe: Recipe, kind: str, renders: list[corpus.Render], minutes: float, step: str) -> scenes.Scene:
+def _scene(recipe: Recipe, kind: str, renders: list[corpus.Render], minutes: float, step: str, *,
+           positive_kinds: tuple[str, ...] = ("positive",), **options) -> scenes.Scene:
+    """A scene of ``renders`` at the evaluation's densities; ``options`` override them (training streams)."""
     ev = recipe.evaluation
-    return scenes.build(kind, minutes=minutes, keywords_per_hour=ev.keywords_per_hour,
-                        rng=_rng(recipe.seed, step + kind),
-                        positives=[r for r in renders if r.kind == "positive"],
+    options = {"keywords_per_hour": ev.keywords_per_hour, "confusables_per_hour": ev.confusables_per_hour,
+               **options}
+    return scenes.build(kind, minutes=minutes, rng=_rng(recipe.seed, step + kind),
+                        positives=[r for r in renders if r.kind in positive_kinds],
                         others=[r for r in renders if r.kind == "speech"],
                         commands=[r for r in renders if r.kind.startswith("command:")],
-                        confusables=[r for r in renders if r.kind == "confusable"],
-                        confusables_per_hour=ev.confusables_per_hour)
+                        confusables=[r for r in renders if r.kind == "confusable"], **options)
 
 
 def _fit_binary(spec, name: str, dim: int, x_tr, y_tr, x_val, y_val, recipe: Recipe, mine_streams):
@@ -327,14 +329,10 @@ def _stream_scenes(recipe: Recipe, train_r: list[corpus.Render]) -> tuple[list, 
         talk = [a for _, a in real_speech.load()]
 
     def make(kind: str, minutes: float, step: str) -> scenes.Scene:
-        return scenes.build(kind, minutes=minutes, keywords_per_hour=ss.keywords_per_hour,
-                            rng=_rng(recipe.seed, step + kind),
-                            positives=[r for r in train_r if r.kind.startswith("positive")],
-                            others=[r for r in train_r if r.kind == "speech"],
-                            commands=[r for r in train_r if r.kind.startswith("command:")],
-                            confusables=[r for r in train_r if r.kind == "confusable"],
-                            confusables_per_hour=ss.confusables_per_hour, talk_gap_s=ss.talk_gap_s,
-                            level_jitter_db=ss.level_jitter_db, extra_talk=talk)
+        # Phrases said inside a sentence are wake phrases too (the render ends where the phrase ends).
+        return _scene(recipe, kind, train_r, minutes, step, positive_kinds=("positive", "positive_ctx"),
+                      keywords_per_hour=ss.keywords_per_hour, confusables_per_hour=ss.confusables_per_hour,
+                      talk_gap_s=ss.talk_gap_s, level_jitter_db=ss.level_jitter_db, extra_talk=talk)
 
     # Streams hear the same speakers as the clips, speed-perturbed as often (one copy of each render).
     rng = _rng(recipe.seed, "stream-perturb")
