@@ -96,7 +96,7 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
         put(confusables[int(rng.integers(len(confusables)))].audio, int(sec * SR), "confusable")
         busy[max(0, sec - 1):sec + 6] = True
     # Other talk fills about a third of the time; it never overlaps a wake phrase's slot.
-    talk = [r.audio for r in others] + list(extra_talk)
+    talk = babble_pool + list(extra_talk)
     t = 0.0
     while t < minutes * 60 - 5:
         t += rng.exponential(talk_gap_s)
