@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cloud.train import metrics
+from cloud.train.pipeline import verified
 from cloud.train.scenes import Scene
 from gate.kws.config import KwsConfig
 from gate.kws.detector import Detector
@@ -97,12 +98,7 @@ def node_energy_mj_per_hour(kind: str, inferences: int, awake_s: float, hours: f
 
 
 def with_verifier(scene: Scene, times: list[float], verifier) -> list[float]:
-    kept = []
-    for t in times:
-        a = max(0, int((t - 2.5) * SR))
-        if verifier.verify(scene.audio[a:int((t + 0.5) * SR)], t - a / SR)[0]:
-            kept.append(t)
-    return kept
+    return [t for t in times if verified(verifier, scene.audio, t)]
 
 
 def openwakeword_engine() -> Callable[[Scene], list[float]]:

@@ -412,7 +412,7 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
             all_scored.append(scored)
             times = _detect(cfg, scored)
             tiny = metrics.score(times, s.keywords, s.hours)
-            kept = [t for t in times if _verified(verifier, s.audio, t)]
+            kept = [t for t in times if verified(verifier, s.audio, t)]
             ver = metrics.score(kept, s.keywords, s.hours)
             per_scene[s.name] = {"tiny": tiny.as_dict(), "tiny+verifier": ver.as_dict()}
             tiny_all.append(tiny)
@@ -437,7 +437,7 @@ def _curve(cfg: KwsConfig, tests: list, scored: list, verifier) -> list[dict]:
             tiny.append(metrics.score(times, s.keywords, s.hours))
             for t in times:
                 if (i, t) not in verdicts:
-                    verdicts[(i, t)] = _verified(verifier, s.audio, t)
+                    verdicts[(i, t)] = verified(verifier, s.audio, t)
             ver.append(metrics.score([t for t in times if verdicts[(i, t)]], s.keywords, s.hours))
         a, b = metrics.combine(tiny), metrics.combine(ver)
         out.append({"threshold": thr, "miss_rate": round(a.miss_rate, 4), "fa_per_hour": round(a.fa_per_hour, 3),
@@ -445,7 +445,7 @@ def _curve(cfg: KwsConfig, tests: list, scored: list, verifier) -> list[dict]:
     return out
 
 
-def _verified(verifier, audio: np.ndarray, t: float) -> bool:
+def verified(verifier, audio: np.ndarray, t: float) -> bool:
     """What the cloud does with a forwarded segment: 2.5 s of pre-roll and phrase, 0.5 s after the fire."""
     a = max(0, int((t - 2.5) * SR))
     return verifier.verify(audio[a:int((t + 0.5) * SR)], t - a / SR)[0]
