@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gate.vocabulary import COMMANDS
-from sensors.synth import confusables
+from sensors.synth import confusables, tts
 from sensors.synth.errors import TTSError
 from sensors.synth.tts import EngineSet, Utterance, Voice, discover, render
 
@@ -61,10 +61,38 @@ def random_sentence(rng: np.random.Generator, lo: int = 3, hi: int = 12) -> str:
     return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
 
 
+def accent_voices(specs: Sequence) -> tuple[list[tuple[Voice, str]], dict[str, str]]:
+    """Resolve the recipe's accents (``voice``, respelled ``phrase``) to installed voices of any
+    language. An engine or voice missing here is skipped, with the reason; a malformed id is an error."""
+    listers = {"espeak": tts.espeak_voices, "mbrola": tts.mbrola_voices, "pico": tts.pico_voices}
+    found: list[tuple[Voice, str]] = []
+    skipped: dict[str, str] = {}
+    for a in specs:
+        engine, _, name = a.voice.partition(":")
+        if engine not in listers or not name:
+            raise TTSError(f"accent voice {a.voice!r}: expected engine:name with engine one of "
+                           f"{', '.join(listers)}", code="voice_unknown")
+        if tts.which(engine) is None:
+            skipped[a.voice] = tts.missing_reason(engine)
+            continue
+        v = next((v for v in listers[engine]("") if v.name == name), None)
+        if v is None:
+            skipped[a.voice] = f"{engine} has no installed voice {name!r}"
+            continue
+        found.append((v, a.phrase))
+    for vid, why in skipped.items():
+        log.warning("accent voice %s skipped: %s", vid, why)
+    return found, skipped
+
+
 def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: np.random.Generator,
          n_pos: int, n_conf: int, n_speech: int, n_cmd: int, rate: tuple[int, int],
-         pitch: tuple[int, int]) -> list[tuple[str, Utterance]]:
-    """(kind, utterance) pairs for a corpus; espeak voices get a random variant half the time."""
+         pitch: tuple[int, int], accents: Sequence[tuple[Voice, str]] = (),
+         accent_share: float = 0.0) -> list[tuple[str, Utterance]]:
+    """(kind, utterance) pairs for a corpus; espeak voices get a random variant half the time.
+
+    ``accents`` are (voice, respelled phrase) pairs of other-language voices: ``accent_share`` of the
+    wake phrases and of the other speech go to them (accented speakers, and talk in other languages)."""
     words = phrase.split()
     # Edits of the first word only ("bey jarvis") are within how people say the phrase anyway;
     # rejecting them would cost misses, so only edits that keep the first word are negatives.
@@ -75,8 +103,13 @@ def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: 
     near += [words[-1], " ".join(words[:-1]), f"{words[0]} {words[-1][:3]}"] if len(words) > 1 else []
     cmds = [(c.name, p) for c in COMMANDS for p in c.phrases]
 
-    def utt(text: str) -> Utterance:
-        v = voices[int(rng.integers(len(voices)))]
+    def accented() -> tuple[Voice, str] | None:
+        if not accents or accent_share <= 0 or rng.random() >= accent_share:
+            return None  # draws nothing without accents: corpora without them are unchanged
+        return accents[int(rng.integers(len(accents)))]
+
+    def utt(text: str, v: Voice | None = None) -> Utterance:
+        v = v or voices[int(rng.integers(len(voices)))]
         if v.engine == "espeak" and variants and rng.random() < 0.5:
             v = Voice(v.engine, v.name, variants[int(rng.integers(len(variants)))], v.language)
         return Utterance(text, v, rate=int(rng.integers(rate[0], rate[1] + 1)),
@@ -86,14 +119,17 @@ def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: 
     for _ in range(n_pos):
         # Sometimes inside a sentence: the wake word rarely comes alone in real speech.
         # Words before it only: the render then ends where the phrase ends, which places the label.
-        if rng.random() < 0.8:
+        if acc := accented():
+            out.append(("positive", utt(acc[1], acc[0])))
+        elif rng.random() < 0.8:
             out.append(("positive", utt(phrase)))
         else:
             out.append(("positive_ctx", utt(f"{random_sentence(rng, 1, 4)} {phrase}")))
     for _ in range(n_conf):
         out.append(("confusable", utt(near[int(rng.integers(len(near)))])))
     for _ in range(n_speech):
-        out.append(("speech", utt(random_sentence(rng))))
+        acc = accented()
+        out.append(("speech", utt(random_sentence(rng), acc[0] if acc else None)))
     for _ in range(n_cmd):
         name, p = cmds[int(rng.integers(len(cmds)))]
         out.append((f"command:{name}", utt(p)))

@@ -90,14 +90,17 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
     es = corpus.engines(c.engines)
     train_v, eval_v = corpus.split_voices(es, c.eval_voices)
     variants = list(es.variants)
+    accents, accents_skipped = corpus.accent_voices(c.accents)
     train_items = corpus.plan(recipe.phrase, voices=train_v, variants=variants, rng=_rng(recipe.seed, "plan"),
                               n_pos=c.positives, n_conf=c.confusables, n_speech=c.speech, n_cmd=c.command_renders,
-                              rate=c.rate_wpm, pitch=c.pitch)
+                              rate=c.rate_wpm, pitch=c.pitch, accents=accents, accent_share=c.accent_share)
     cache = opts.cache_dir or out
     train_r = cached_renders(cache, "train", recipe, lambda: corpus.synthesise(train_items, workers=c.workers,
                                                                          desc="synth train"))
     eval_r = cached_renders(cache, "eval", recipe, lambda: eval_renders(recipe, eval_v))
     card["data"] = _data_card(train_r, eval_r, train_v, eval_v, variants)
+    card["data"]["accents"] = {"voices": [f"{v.id}: {text}" for v, text in accents], "skipped": accents_skipped,
+                               "share": c.accent_share}
 
     babble = [r.audio for r in train_r if r.kind == "speech"][:400]
     eval_babble = [r.audio for r in eval_r if r.kind == "speech"]

@@ -6,10 +6,26 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gate.errors import ConfigError
 from gate.strict import Strict
+
+
+class AccentSpec(Strict):
+    """A voice of another language saying the phrase as its speakers would: the phrase respelled in that
+    language's spelling (Italian "ei giarvis" for "hey jarvis"). Training only: accented speakers."""
+
+    voice: str = Field(..., min_length=3, description="engine:name of a voice of any language, e.g. pico:it-IT")
+    phrase: str = Field(..., min_length=2, description="The wake phrase respelled for that voice")
+
+    @field_validator("voice")
+    @classmethod
+    def _engine_name(cls, v: str) -> str:
+        engine, _, name = v.partition(":")
+        if engine not in ("espeak", "mbrola", "pico") or not name:
+            raise ValueError(f"{v!r}: expected engine:name, engine one of espeak, mbrola, pico")
+        return v
 
 
 class CorpusSpec(Strict):
@@ -26,6 +42,18 @@ class CorpusSpec(Strict):
         ["espeak:en-gb-x-gbcwmd", "mbrola:mb-us3", "mbrola:mb-de5-en", "pico:en-GB"],
         description="Held out from training; evaluation scenes speak only with these")
     workers: int = Field(2, ge=1, le=16, description="Parallel TTS processes")
+    accents: list[AccentSpec] = Field([], description="Accented speakers: other-language voices, phrase respelled")
+    accent_share: float = Field(
+        0.0, ge=0.0, le=0.9, description="Share of wake-phrase and other-speech renders given to the accents")
+
+    @model_validator(mode="after")
+    def _accents_not_held_out(self) -> CorpusSpec:
+        clash = sorted({a.voice for a in self.accents} & set(self.eval_voices))
+        if clash:
+            raise ValueError(f"accent voice(s) {clash} are held out for evaluation (eval_voices)")
+        if self.accent_share > 0 and not self.accents:
+            raise ValueError("accent_share > 0 needs at least one entry in accents")
+        return self
 
 
 class AugmentSpec(Strict):

@@ -1,0 +1,87 @@
+"""The training corpus plan: accented speakers (other-language voices saying a respelled phrase) and the
+recipe checks around them. Planning draws no audio; one test renders through the real engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cloud.train import corpus
+from cloud.train.recipe import AccentSpec, CorpusSpec, load_recipe
+from gate.errors import ConfigError
+from sensors.synth import tts
+from sensors.synth.errors import TTSError
+from sensors.synth.tts import Voice
+
+EN = [Voice("espeak", "en-us", "", "en-us"), Voice("mbrola", "mb-us1", "", "en")]
+IT = Voice("pico", "it-IT", "", "it-IT")
+DE = Voice("espeak", "de", "", "de")
+RECIPE = Path(__file__).parents[1] / "datasets/recipes/hey_jarvis.yaml"
+ACCENTS = [(IT, "ei giarvis"), (DE, "hey dscharvis")]
+
+
+def _plan(seed: int = 7, **kw) -> list[tuple[str, tts.Utterance]]:
+    return corpus.plan("hey jarvis", voices=EN, variants=["f3"], rng=np.random.default_rng(seed), n_pos=400,
+                       n_conf=50, n_speech=300, n_cmd=20, rate=(130, 220), pitch=(25, 80), **kw)
+
+
+def test_no_accents_plans_exactly_what_it_planned_before():
+    # A recipe without accents must rebuild the same corpus (and so the same models) as before.
+    assert _plan() == _plan(accents=(), accent_share=0.0) == _plan(accents=ACCENTS, accent_share=0.0)
+
+
+def test_accent_share_goes_to_accent_voices_with_their_respelled_phrase():
+    items = _plan(accents=ACCENTS, accent_share=0.25)
+    pos = [u for k, u in items if k == "positive"]
+    accented = [u for u in pos if u.voice.name in ("it-IT", "de")]
+    assert 0.17 < len(accented) / len(pos) < 0.33
+    assert {u.text for u in accented} == {"ei giarvis", "hey dscharvis"}
+    assert all(u.text == "ei giarvis" for u in accented if u.voice.engine == "pico")
+    # English voices still say the phrase itself (alone or after a few words).
+    assert all(u.text.endswith("hey jarvis") for u in pos if u.voice.name not in ("it-IT", "de"))
+    speech = [u for k, u in items if k == "speech"]
+    foreign = [u for u in speech if u.voice.name in ("it-IT", "de")]
+    assert 0.15 < len(foreign) / len(speech) < 0.35
+    assert not any("jarvis" in u.text or "giarvis" in u.text for u in foreign)
+    # Confusables and commands stay with the English voices.
+    assert all(u.voice in EN or u.voice.name == "en-us" for k, u in items if k != "positive" and k != "speech")
+    # espeak accent voices get the espeak variants like any espeak voice.
+    assert any(u.voice.variant == "f3" for u in accented if u.voice.engine == "espeak")
+
+
+def test_recipe_refuses_accent_voices_that_are_held_out_or_a_share_without_accents(tmp_path):
+    with pytest.raises(ValueError, match="held out"):
+        CorpusSpec(accents=[AccentSpec(voice="pico:en-GB", phrase="hey jarvis")], accent_share=0.1)
+    with pytest.raises(ValueError, match="needs at least one"):
+        CorpusSpec(accent_share=0.2)
+    bad = tmp_path / "r.yaml"
+    bad.write_text(RECIPE.read_text().replace("accent_share: 0.2", "accent_share: 0.95"))
+    with pytest.raises(ConfigError, match=r"r.yaml: corpus.accent_share"):
+        load_recipe(bad)
+
+
+def test_accent_voices_resolves_installed_ones_and_says_why_it_skips_others():
+    with pytest.raises(ValueError, match="festival:kal.*expected engine:name"):
+        AccentSpec(voice="festival:kal", phrase="hey")
+    with pytest.raises(TTSError, match="expected engine:name"):  # the corpus checks again (not via a recipe)
+        corpus.accent_voices([SimpleNamespace(voice="pico", phrase="hey")])
+    if tts.which("espeak") is None:
+        pytest.skip("espeak-ng not installed")
+    found, skipped = corpus.accent_voices([AccentSpec(voice="espeak:de", phrase="hey dscharvis"),
+                                           AccentSpec(voice="espeak:xx-nowhere", phrase="hey")])
+    assert found == [(Voice("espeak", "de", "", "de"), "hey dscharvis")]
+    assert "xx-nowhere" in skipped["espeak:xx-nowhere"]
+
+
+def test_shipped_recipe_accents_render_through_the_real_engines():
+    recipe = load_recipe(RECIPE)
+    found, skipped = corpus.accent_voices(recipe.corpus.accents)
+    if not found:
+        pytest.skip(f"no accent voice installed: {skipped}")
+    assert not {v.id for v, _ in found} & set(recipe.corpus.eval_voices)
+    for v, text in {v.id: (v, t) for v, t in found}.values():
+        audio = tts.render(tts.Utterance(text, v))
+        assert 0.3 < audio.size / 16_000 < 3.0, (v.id, text)
