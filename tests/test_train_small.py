@@ -20,9 +20,11 @@ name: small
 phrase: hey jarvis
 seed: 3
 corpus: {positives: 160, confusables: 60, speech: 80, command_renders: 60, engines: [espeak],
-         eval_voices: ["espeak:en-gb-x-gbcwmd"]}
+         eval_voices: ["espeak:en-gb-x-gbcwmd"], accent_share: 0.1,
+         accents: [{voice: "espeak:de", phrase: "hey dscharvis"}]}
 augment: {copies: 1, snr_db: [10, 30]}
-tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epochs: 20, batch: 32, lr: 0.005}
+tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epochs: 20, batch: 32, lr: 0.005,
+       prune_sparsity: 0.5, prune_epochs: 1}
 verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, epochs: 2, batch: 32}
 commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32}
 streams: {minutes: 1, mine_minutes: 1, mine_epochs: 1, mine_threshold: 0.05}
@@ -56,3 +58,10 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert "mined_negatives" in tiny and "mined_negatives" in card["models"]["verifier"]
     assert "tiny" in card["evaluation"]["tiny_logmel"]
     assert np.isfinite(card["evaluation"]["tiny_logmel"]["tiny"]["fa_per_hour"])
+    # Accented speakers took part; the pruned copy is reported (half its kernel weights zero, so it
+    # compresses smaller than the dense model), not shipped.
+    assert card["data"]["accents"]["voices"] == ["espeak:de: hey dscharvis"]
+    pruned = tiny["pruned"]
+    assert 0.45 <= pruned["sparsity"] <= 0.55, pruned
+    assert pruned["size_bytes_int8_zlib"] < pruned["unpruned_size_bytes_int8_zlib"], pruned
+    assert 0.0 <= pruned["accuracy_test_int8"] <= 1.0 and pruned["shipped"] is False

@@ -45,7 +45,7 @@ class _Bar:
 
 
 def train(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, lr: float, seed: int,
-          x_val: np.ndarray, y_val: np.ndarray, desc: str) -> dict:
+          x_val: np.ndarray, y_val: np.ndarray, desc: str, callbacks: list | None = None) -> dict:
     """Adam with cosine decay; binary (one sigmoid, soft targets allowed) or sparse categorical loss."""
     import keras
 
@@ -59,8 +59,40 @@ def train(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, lr: f
                       metrics=[keras.metrics.SparseCategoricalAccuracy("acc")])
     hist = model.fit(x, y.astype(np.float32) if binary else y, batch_size=batch, epochs=epochs, shuffle=True,
                      validation_data=(x_val, y_val.astype(np.float32) if binary else y_val), verbose=0,
-                     callbacks=[_Bar.make(epochs, desc)])
+                     callbacks=[_Bar.make(epochs, desc), *(callbacks or [])])
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
+def prune(model, *, sparsity: float, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float,
+          seed: int, x_val: np.ndarray, y_val: np.ndarray, desc: str):
+    """Magnitude pruning: a copy of ``model`` with the smallest ``sparsity`` of every convolution and
+    dense kernel set to zero, fine-tuned for ``epochs`` with those zeros held. Returns the copy and
+    the share of kernel weights that are zero (the original model is untouched)."""
+    import keras
+
+    pruned = keras.models.clone_model(model)
+    pruned.set_weights(model.get_weights())
+    masks = []
+    for layer in pruned.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None or isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        w = np.asarray(kernel.numpy())
+        mask = (np.abs(w) > np.quantile(np.abs(w), sparsity)).astype(w.dtype)
+        kernel.assign(w * mask)
+        masks.append((kernel, keras.ops.convert_to_tensor(mask)))
+
+    class Hold(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            for k, m in masks:
+                k.assign(k * m)
+
+    if epochs:
+        train(pruned, x, y, epochs=epochs, batch=batch, lr=lr, seed=seed, x_val=x_val, y_val=y_val, desc=desc,
+              callbacks=[Hold()])
+    zeros = sum(int(np.sum(np.asarray(k.numpy()) == 0)) for k, _ in masks)
+    total = sum(int(np.prod(k.shape)) for k, _ in masks)
+    return pruned, zeros / max(1, total)
 
 
 def predict(model, x: np.ndarray, batch: int = 512) -> np.ndarray:

@@ -78,6 +78,9 @@ class ModelSpec(Strict):
     band_dropout: float = Field(
         0.0, ge=0.0, le=0.5, description="Training-time dropout of whole feature bands (SpecAugment-style masking)")
     input_noise: float = Field(0.0, ge=0.0, le=1.0, description="Training-time Gaussian noise on standardised features")
+    prune_sparsity: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Also report a magnitude-pruned copy with this share of kernel weights zero")
+    prune_epochs: int = Field(3, ge=0, le=100, description="Fine-tuning epochs of the pruned copy, zeros held")
     bn_momentum: float = Field(
         0.9, ge=0.5, lt=1.0, description="Batch-norm moving-average momentum; 0.99 needs thousands of steps to settle")
 
