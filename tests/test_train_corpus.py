@@ -85,3 +85,21 @@ def test_shipped_recipe_accents_render_through_the_real_engines():
     for v, text in {v.id: (v, t) for v, t in found}.values():
         audio = tts.render(tts.Utterance(text, v))
         assert 0.3 < audio.size / 16_000 < 3.0, (v.id, text)
+
+
+def test_eval_renders_do_not_depend_on_the_training_corpus(tmp_path):
+    # A bigger training corpus, or accents, must meet the same held-out test: same cache entry, same plan.
+    from cloud.train import pipeline
+
+    base = load_recipe(RECIPE)
+    bigger = base.model_copy(update={"corpus": base.corpus.model_copy(update={"positives": 9000, "speech": 100,
+                                                                             "accent_share": 0.5})})
+    made = []
+    first = pipeline.cached_renders(tmp_path, "eval", base, lambda: made.append(1) or ["renders"])
+    again = pipeline.cached_renders(tmp_path, "eval", bigger, lambda: made.append(2) or ["other"])
+    assert first == again == ["renders"] and made == [1]
+    # ... while the training renders and a change of evaluation counts get their own entries.
+    pipeline.cached_renders(tmp_path, "train", bigger, lambda: made.append(3) or ["t"])
+    fewer = base.model_copy(update={"evaluation": base.evaluation.model_copy(update={"speech_renders": 50})})
+    pipeline.cached_renders(tmp_path, "eval", fewer, lambda: made.append(4) or ["e"])
+    assert made == [1, 3, 4]

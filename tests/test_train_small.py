@@ -29,7 +29,8 @@ verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, 
 commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32}
 streams: {minutes: 1, mine_minutes: 1, mine_epochs: 1, mine_threshold: 0.05}
 feature_kinds: [logmel]
-evaluation: {scenes: [quiet_home], minutes: 1, keywords_per_hour: 240}
+evaluation: {scenes: [quiet_home], minutes: 1, keywords_per_hour: 240, positive_renders: 60, confusable_renders: 40,
+             speech_renders: 80, command_renders: 60}
 """
 
 

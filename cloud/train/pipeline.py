@@ -45,9 +45,13 @@ class Options:
 
 
 def cached_renders(cache: Path, what: str, recipe: Recipe, make):
-    """Renders are the slow, model-independent part: keep them per (phrase, seed, corpus) for reruns."""
-    key = hashlib.sha256(json.dumps([recipe.phrase, recipe.seed, recipe.corpus.model_dump(mode="json")],
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    """Renders are the slow, model-independent part: keep them for reruns, keyed by what they depend on
+    (the training corpus spec; for "eval", only the held-out voices, voice ranges and evaluation counts)."""
+    c, ev = recipe.corpus, recipe.evaluation
+    spec = (c.model_dump(mode="json") if what != "eval" else
+            [c.engines, c.eval_voices, c.rate_wpm, c.pitch, ev.positive_renders, ev.confusable_renders,
+             ev.speech_renders, ev.command_renders])
+    key = hashlib.sha256(json.dumps([recipe.phrase, recipe.seed, spec], sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"renders-{what}-{key}.pkl"
     if path.is_file():
         with path.open("rb") as f:
@@ -252,10 +256,10 @@ def eval_renders(recipe: Recipe, eval_voices=None) -> list[corpus.Render]:
     c = recipe.corpus
     if eval_voices is None:
         eval_voices = corpus.split_voices(corpus.engines(c.engines), c.eval_voices)[1]
+    ev = recipe.evaluation
     items = corpus.plan(recipe.phrase, voices=eval_voices, variants=[], rng=_rng(recipe.seed, "eval"),
-                        n_pos=max(60, c.positives // 12), n_conf=max(40, c.confusables // 12),
-                        n_speech=max(80, c.speech // 8), n_cmd=max(60, c.command_renders // 12),
-                        rate=c.rate_wpm, pitch=c.pitch)
+                        n_pos=ev.positive_renders, n_conf=ev.confusable_renders, n_speech=ev.speech_renders,
+                        n_cmd=ev.command_renders, rate=c.rate_wpm, pitch=c.pitch)
     return corpus.synthesise(items, workers=c.workers, desc="synth eval")
 
 

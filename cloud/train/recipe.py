@@ -119,6 +119,12 @@ class EvalSpec(Strict):
     confusables_per_hour: float = Field(
         10.0, ge=0.0, le=600.0, description="Near-misses of the phrase per hour of scene (counted as false accepts)")
     verifier_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # What the held-out voices render, once, for the scenes and test clips to draw from. Fixed here
+    # (not derived from the training corpus) so that a bigger training corpus meets the same test.
+    positive_renders: int = Field(200, ge=10, le=100_000, description="Held-out wake-phrase renders")
+    confusable_renders: int = Field(100, ge=0, le=100_000, description="Held-out near-miss renders")
+    speech_renders: int = Field(187, ge=10, le=100_000, description="Held-out other-speech renders")
+    command_renders: int = Field(125, ge=10, le=100_000, description="Held-out command renders")
     dev_fa_per_hour: float = Field(
         1.0, ge=0.0, le=100.0, description="False accepts per hour allowed on the dev scenes when tuning the threshold")
 
