@@ -103,3 +103,27 @@ def test_eval_renders_do_not_depend_on_the_training_corpus(tmp_path):
     fewer = base.model_copy(update={"evaluation": base.evaluation.model_copy(update={"speech_renders": 50})})
     pipeline.cached_renders(tmp_path, "eval", fewer, lambda: made.append(4) or ["e"])
     assert made == [1, 3, 4]
+
+
+def test_threshold_tuned_for_the_tiny_model_or_for_the_cascade():
+    from cloud.train import pipeline, scenes
+    from gate.kws.config import KwsConfig
+
+    t = np.arange(0, 60, 0.03)
+    post = np.zeros_like(t)
+    post[(t >= 10.9) & (t < 11.3)] = 0.95   # the wake phrase, said 10-11 s
+    post[(t >= 30.0) & (t < 30.4)] = 0.6    # a false wake
+    scene = scenes.Scene("quiet_home", np.zeros(60 * 16_000, np.int16), [(10.0, 11.0)])
+    scored = [[SimpleNamespace(posterior=float(p), t_s=float(x)) for p, x in zip(post, t, strict=True)]]
+    cfg = KwsConfig(model_path="unused.tflite", feature_kind="logmel")
+
+    class Rejects:  # a cloud verifier that rejects everything it is sent
+        def verify(self, samples, fired_at_s):
+            return False, 0.0
+
+    # Alone, the node must stay quiet on the false wake: the threshold goes above it.
+    assert pipeline._pick_threshold(cfg, [scene], scored, 0.0) == pytest.approx(0.61)
+    # Behind a verifier that catches it, the lowest threshold will do, if the upload is allowed ...
+    assert pipeline._pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 60.0) == pytest.approx(0.30)
+    # ... and not if the node may upload no false wake at all.
+    assert pipeline._pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 0.0) == pytest.approx(0.61)

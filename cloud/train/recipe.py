@@ -127,6 +127,13 @@ class EvalSpec(Strict):
     command_renders: int = Field(125, ge=10, le=100_000, description="Held-out command renders")
     dev_fa_per_hour: float = Field(
         1.0, ge=0.0, le=100.0, description="False accepts per hour allowed on the dev scenes when tuning the threshold")
+    tune_for: Literal["tiny", "cascade"] = Field(
+        "tiny", description="Tune the node's threshold for the tiny model alone (its false accepts within "
+                            "dev_fa_per_hour) or for the cascade (the verified ones within dev_fa_per_hour, "
+                            "the node's uploads within dev_uploads_per_hour)")
+    dev_uploads_per_hour: float = Field(
+        10.0, ge=0.0, le=1000.0, description="cascade tuning: false wakes per hour the node may upload for the "
+                                             "cloud to reject (each costs a segment's radio and cloud energy)")
 
 
 class Recipe(Strict):
