@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from cloud.train import corpus
 from cloud.train.recipe import AccentSpec, CorpusSpec, load_recipe
@@ -58,7 +59,7 @@ def test_recipe_refuses_accent_voices_that_are_held_out_or_a_share_without_accen
     with pytest.raises(ValueError, match="needs at least one"):
         CorpusSpec(accent_share=0.2)
     bad = tmp_path / "r.yaml"
-    bad.write_text(RECIPE.read_text().replace("accent_share: 0.2", "accent_share: 0.95"))
+    bad.write_text(RECIPE.read_text().replace("  workers: 2\n", "  workers: 2\n  accent_share: 0.95\n"))
     with pytest.raises(ConfigError, match=r"r.yaml: corpus.accent_share"):
         load_recipe(bad)
 
@@ -76,12 +77,21 @@ def test_accent_voices_resolves_installed_ones_and_says_why_it_skips_others():
     assert "xx-nowhere" in skipped["espeak:xx-nowhere"]
 
 
-def test_shipped_recipe_accents_render_through_the_real_engines():
-    recipe = load_recipe(RECIPE)
-    found, skipped = corpus.accent_voices(recipe.corpus.accents)
+def _documented_accents() -> CorpusSpec:
+    """The accents the shipped recipe documents (commented out, off by default), as a recipe would read them."""
+    lines = [ln.replace("  # ", "  ", 1) for ln in RECIPE.read_text().splitlines()
+             if ln.startswith(("  # accent_share:", "  # accents:", "  #   - {voice:"))]
+    assert len(lines) >= 3, "the recipe no longer documents its accents"
+    return CorpusSpec.model_validate(yaml.safe_load("\n".join(lines).replace("\n  ", "\n").lstrip()))
+
+
+def test_documented_accents_are_valid_and_render_through_the_real_engines():
+    spec = _documented_accents()
+    assert spec.accent_share > 0 and len(spec.accents) >= 5
+    found, skipped = corpus.accent_voices(spec.accents)
     if not found:
         pytest.skip(f"no accent voice installed: {skipped}")
-    assert not {v.id for v, _ in found} & set(recipe.corpus.eval_voices)
+    assert not {v.id for v, _ in found} & set(load_recipe(RECIPE).corpus.eval_voices)
     for v, text in {v.id: (v, t) for v, t in found}.values():
         audio = tts.render(tts.Utterance(text, v))
         assert 0.3 < audio.size / 16_000 < 3.0, (v.id, text)
