@@ -137,3 +137,21 @@ def test_threshold_tuned_for_the_tiny_model_or_for_the_cascade():
     assert pipeline._pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 60.0) == pytest.approx(0.30)
     # ... and not if the node may upload no false wake at all.
     assert pipeline._pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 0.0) == pytest.approx(0.61)
+
+
+def test_cached_renders_are_not_reused_when_the_installed_voices_change(tmp_path, monkeypatch):
+    from cloud.train import pipeline
+
+    recipe = load_recipe(RECIPE)
+    voices = {"espeak": (EN[0], Voice("espeak", "en-gb", "", "en-gb"), Voice("espeak", "en-gb-x-gbcwmd", "", "en"))}
+    monkeypatch.setattr(corpus, "engines", lambda names: tts.EngineSet(dict(voices), ("f3",), {}))
+    made = []
+    pipeline.cached_renders(tmp_path, "train", recipe, lambda: made.append(1) or ["a"])
+    assert pipeline.cached_renders(tmp_path, "train", recipe, lambda: made.append(2) or ["b"]) == ["a"]
+    voices["espeak"] = voices["espeak"][1:]  # a training voice was uninstalled: its renders are stale
+    assert pipeline.cached_renders(tmp_path, "train", recipe, lambda: made.append(3) or ["c"]) == ["c"]
+    # A training voice installed since does not touch the evaluation renders: the held-out voice is the same.
+    pipeline.cached_renders(tmp_path, "eval", recipe, lambda: made.append(4) or ["e"])
+    voices["espeak"] = voices["espeak"] + (Voice("espeak", "en-us", "", "en-us"),)
+    pipeline.cached_renders(tmp_path, "eval", recipe, lambda: made.append(5) or ["f"])
+    assert made == [1, 3, 4]

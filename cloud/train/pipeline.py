@@ -45,12 +45,15 @@ class Options:
 
 
 def cached_renders(cache: Path, what: str, recipe: Recipe, make):
-    """Renders are the slow, model-independent part: keep them for reruns, keyed by what they depend on
-    (the training corpus spec; for "eval", only the held-out voices, voice ranges and evaluation counts)."""
+    """Renders are the slow, model-independent part: keep them for reruns, keyed by what they depend on:
+    the voices installed here (a voice installed or removed since makes new renders), and the training
+    corpus spec, or for "eval" only the held-out voices, voice ranges and evaluation counts."""
     c, ev = recipe.corpus, recipe.evaluation
-    spec = (c.model_dump(mode="json") if what != "eval" else
+    es = corpus.engines(c.engines)
+    train_v, eval_v = corpus.split_voices(es, c.eval_voices)
+    spec = ([c.model_dump(mode="json"), [v.id for v in train_v], list(es.variants)] if what != "eval" else
             [c.engines, c.eval_voices, c.rate_wpm, c.pitch, ev.positive_renders, ev.confusable_renders,
-             ev.speech_renders, ev.command_renders])
+             ev.speech_renders, ev.command_renders, [v.id for v in eval_v]])
     key = hashlib.sha256(json.dumps([recipe.phrase, recipe.seed, spec], sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"renders-{what}-{key}.pkl"
     if path.is_file():
