@@ -64,18 +64,17 @@ def random_sentence(rng: np.random.Generator, lo: int = 3, hi: int = 12) -> str:
 def accent_voices(specs: Sequence) -> tuple[list[tuple[Voice, str]], dict[str, str]]:
     """Resolve the recipe's accents (``voice``, respelled ``phrase``) to installed voices of any
     language. An engine or voice missing here is skipped, with the reason; a malformed id is an error."""
-    listers = {"espeak": tts.espeak_voices, "mbrola": tts.mbrola_voices, "pico": tts.pico_voices}
     found: list[tuple[Voice, str]] = []
     skipped: dict[str, str] = {}
     for a in specs:
         engine, _, name = a.voice.partition(":")
-        if engine not in listers or not name:
+        if engine not in tts.ENGINES or not name:
             raise TTSError(f"accent voice {a.voice!r}: expected engine:name with engine one of "
-                           f"{', '.join(listers)}", code="voice_unknown")
+                           f"{', '.join(tts.ENGINES)}", code="voice_unknown")
         if tts.which(engine) is None:
             skipped[a.voice] = tts.missing_reason(engine)
             continue
-        v = next((v for v in listers[engine]("") if v.name == name), None)
+        v = next((v for v in tts.installed_voices(engine, "") if v.name == name), None)
         if v is None:
             skipped[a.voice] = f"{engine} has no installed voice {name!r}"
             continue

@@ -59,10 +59,14 @@ class Utterance:
     pitch: int = DEFAULT_PITCH
 
 
+def _known(engine: str) -> None:
+    if engine not in ENGINES:
+        raise TTSError(f"unknown TTS engine {engine!r} (known: {', '.join(ENGINES)})", code="engine_unknown")
+
+
 def which(engine: str) -> str | None:
     """The engine's binary on PATH. mbrola runs through espeak-ng, so it needs both."""
-    if engine not in BINARIES:
-        raise TTSError(f"unknown TTS engine {engine!r} (known: {', '.join(ENGINES)})", code="engine_unknown")
+    _known(engine)
     if engine == "mbrola" and shutil.which("espeak-ng") is None:
         return None
     return shutil.which(BINARIES[engine])
@@ -135,6 +139,12 @@ def pico_voices(language: str = "en") -> tuple[Voice, ...]:
     return tuple(Voice("pico", lang, "", lang) for lang in PICO_LANGS if _lang_match(lang, language))
 
 
+def installed_voices(engine: str, language: str = "en") -> tuple[Voice, ...]:
+    """The installed voices of one engine for ``language`` (a prefix; "" means every language)."""
+    _known(engine)
+    return {"espeak": espeak_voices, "mbrola": mbrola_voices, "pico": pico_voices}[engine](language)
+
+
 def _lang_match(lang: str, prefix: str) -> bool:
     lang, prefix = lang.lower(), prefix.lower()
     return prefix in ("", "*") or lang == prefix or lang.startswith(prefix + "-")
@@ -170,9 +180,7 @@ def discover(engines: Iterable[str] | None = None, *, language: str = "en", stri
     explicit = engines is not None
     wanted = list(dict.fromkeys(engines)) if explicit else list(ENGINES)
     for e in wanted:
-        if e not in ENGINES:
-            raise TTSError(f"unknown TTS engine {e!r} (known: {', '.join(ENGINES)})", code="engine_unknown")
-    listers = {"espeak": espeak_voices, "mbrola": mbrola_voices, "pico": pico_voices}
+        _known(e)
     voices: dict[str, tuple[Voice, ...]] = {}
     skipped: dict[str, str] = {}
     for e in wanted:
@@ -181,7 +189,7 @@ def discover(engines: Iterable[str] | None = None, *, language: str = "en", stri
                 raise TTSError(f"TTS engine {missing_reason(e)}", code="tts_missing")
             skipped[e] = missing_reason(e)
             continue
-        found = listers[e](language)
+        found = installed_voices(e, language)
         if not found:
             reason = f"{e}: no installed voice for language {language!r}"
             if explicit or strict:
