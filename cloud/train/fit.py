@@ -74,8 +74,8 @@ def prune(model, *, sparsity: float, x: np.ndarray, y: np.ndarray, epochs: int, 
     pruned.set_weights(model.get_weights())
     masks = []
     for layer in pruned.layers:
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None or isinstance(layer, keras.layers.BatchNormalization):
+        kernel = getattr(layer, "kernel", None)  # convolutions (depthwise too) and dense layers have one
+        if kernel is None:
             continue
         w = np.asarray(kernel.numpy())
         mask = (np.abs(w) > np.quantile(np.abs(w), sparsity)).astype(w.dtype)

@@ -6,6 +6,7 @@ random comes from one seeded generator per step, so a recipe and seed rebuild th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -458,7 +459,7 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
 
 def _curve(cfg: KwsConfig, tests: list, scored: list, verifier) -> list[dict]:
     """Miss rate and FA/h of the tiny model alone and with the verifier, across detector thresholds."""
-    verdicts: dict[tuple[int, float], bool] = {}
+    passes = _verdicts(verifier, tests)
     out = []
     for thr in CURVE:
         c = cfg.model_copy(update={"threshold": thr})
@@ -466,14 +467,20 @@ def _curve(cfg: KwsConfig, tests: list, scored: list, verifier) -> list[dict]:
         for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
             times = _detect(c, sc)
             tiny.append(metrics.score(times, s.keywords, s.hours))
-            for t in times:
-                if (i, t) not in verdicts:
-                    verdicts[(i, t)] = verified(verifier, s.audio, t)
-            ver.append(metrics.score([t for t in times if verdicts[(i, t)]], s.keywords, s.hours))
+            ver.append(metrics.score([t for t in times if passes(i, t)], s.keywords, s.hours))
         a, b = metrics.combine(tiny), metrics.combine(ver)
         out.append({"threshold": thr, "miss_rate": round(a.miss_rate, 4), "fa_per_hour": round(a.fa_per_hour, 3),
                     "verified_miss_rate": round(b.miss_rate, 4), "verified_fa_per_hour": round(b.fa_per_hour, 3)})
     return out
+
+
+def _verdicts(verifier, scenes_: list):
+    """``verified`` for (scene index, fire time), each asked once however many thresholds fire there."""
+    @functools.cache
+    def passes(i: int, t: float) -> bool:
+        return verified(verifier, scenes_[i].audio, t)
+
+    return passes
 
 
 def verified(verifier, audio: np.ndarray, t: float) -> bool:
@@ -501,9 +508,8 @@ def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: fl
     """Lowest threshold whose false accepts on the dev scenes stay within ``fa_per_hour``. With a
     ``verifier`` (tuning for the cascade) only the false accepts it passes count, and the node's own
     (what it uploads for the cloud to reject) must stay within ``uploads_per_hour``."""
-    best = float(THRESHOLDS[-1])
     hours = sum(s.hours for s in dev)
-    verdicts: dict[tuple[int, float], bool] = {}
+    passes = _verdicts(verifier, dev) if verifier is not None else None
     for thr in THRESHOLDS:
         c = cfg.model_copy(update={"threshold": float(thr)})
         node_fa = cascade_fa = 0
@@ -511,16 +517,12 @@ def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: fl
             times = _detect(c, sc)
             wrong = [t for t, j in zip(times, metrics.match(times, s.keywords), strict=True) if j < 0]
             node_fa += len(wrong)
-            if verifier is not None:
-                for t in wrong:
-                    if (i, t) not in verdicts:
-                        verdicts[(i, t)] = verified(verifier, s.audio, t)
-                    cascade_fa += verdicts[(i, t)]
-        if verifier is None and node_fa <= fa_per_hour * hours:
+            cascade_fa += sum(passes(i, t) for t in wrong) if passes is not None else 0
+        if passes is None and node_fa <= fa_per_hour * hours:
             return float(thr)
-        if verifier is not None and cascade_fa <= fa_per_hour * hours and node_fa <= uploads_per_hour * hours:
+        if passes is not None and cascade_fa <= fa_per_hour * hours and node_fa <= uploads_per_hour * hours:
             return float(thr)
-    return best
+    return float(THRESHOLDS[-1])
 
 
 def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
