@@ -214,12 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level="WARNING", stream=sys.stderr)
 
-    from cloud.train.pipeline import build_eval_scenes, cached_renders, eval_renders
+    from cloud.train.corpus import synthesise
+    from cloud.train.pipeline import build_eval_scenes, cached_renders, eval_plan
     from cloud.train.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    renders = (cached_renders(args.cache_dir, "eval", recipe, lambda: eval_renders(recipe)) if args.cache_dir
-               else eval_renders(recipe))
+    items = eval_plan(recipe)
+
+    def make():
+        return synthesise(items, workers=recipe.corpus.workers, desc="synth eval")
+
+    renders = cached_renders(args.cache_dir, "eval", items, make) if args.cache_dir else make()
     scenes = build_eval_scenes(recipe, renders, args.minutes or recipe.evaluation.minutes)
     report = compare(scenes, with_competitors=not args.ours_only)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -97,21 +97,27 @@ def test_documented_accents_are_valid_and_render_through_the_real_engines():
         assert 0.3 < audio.size / 16_000 < 3.0, (v.id, text)
 
 
-def test_eval_renders_do_not_depend_on_the_training_corpus(tmp_path):
-    # A bigger training corpus, or accents, must meet the same held-out test: same cache entry, same plan.
+def _cached(cache, what: str, recipe, make):
+    """The render cache as a run uses it: keyed by the plan the recipe (and the voices here) make."""
     from cloud.train import pipeline
 
+    items = pipeline.train_plan(recipe)[0] if what == "train" else pipeline.eval_plan(recipe)
+    return pipeline.cached_renders(cache, what, items, make)
+
+
+def test_eval_renders_do_not_depend_on_the_training_corpus(tmp_path):
+    # A bigger training corpus, or accents, must meet the same held-out test: same cache entry, same plan.
     base = load_recipe(RECIPE)
     bigger = base.model_copy(update={"corpus": base.corpus.model_copy(update={"positives": 9000, "speech": 100,
                                                                              "accent_share": 0.5})})
     made = []
-    first = pipeline.cached_renders(tmp_path, "eval", base, lambda: made.append(1) or ["renders"])
-    again = pipeline.cached_renders(tmp_path, "eval", bigger, lambda: made.append(2) or ["other"])
+    first = _cached(tmp_path, "eval", base, lambda: made.append(1) or ["renders"])
+    again = _cached(tmp_path, "eval", bigger, lambda: made.append(2) or ["other"])
     assert first == again == ["renders"] and made == [1]
     # ... while the training renders and a change of evaluation counts get their own entries.
-    pipeline.cached_renders(tmp_path, "train", bigger, lambda: made.append(3) or ["t"])
+    _cached(tmp_path, "train", bigger, lambda: made.append(3) or ["t"])
     fewer = base.model_copy(update={"evaluation": base.evaluation.model_copy(update={"speech_renders": 50})})
-    pipeline.cached_renders(tmp_path, "eval", fewer, lambda: made.append(4) or ["e"])
+    _cached(tmp_path, "eval", fewer, lambda: made.append(4) or ["e"])
     assert made == [1, 3, 4]
 
 
@@ -140,18 +146,16 @@ def test_threshold_tuned_for_the_tiny_model_or_for_the_cascade():
 
 
 def test_cached_renders_are_not_reused_when_the_installed_voices_change(tmp_path, monkeypatch):
-    from cloud.train import pipeline
-
     recipe = load_recipe(RECIPE)
     voices = {"espeak": (EN[0], Voice("espeak", "en-gb", "", "en-gb"), Voice("espeak", "en-gb-x-gbcwmd", "", "en"))}
     monkeypatch.setattr(corpus, "engines", lambda names: tts.EngineSet(dict(voices), ("f3",), {}))
     made = []
-    pipeline.cached_renders(tmp_path, "train", recipe, lambda: made.append(1) or ["a"])
-    assert pipeline.cached_renders(tmp_path, "train", recipe, lambda: made.append(2) or ["b"]) == ["a"]
+    _cached(tmp_path, "train", recipe, lambda: made.append(1) or ["a"])
+    assert _cached(tmp_path, "train", recipe, lambda: made.append(2) or ["b"]) == ["a"]
     voices["espeak"] = voices["espeak"][1:]  # a training voice was uninstalled: its renders are stale
-    assert pipeline.cached_renders(tmp_path, "train", recipe, lambda: made.append(3) or ["c"]) == ["c"]
+    assert _cached(tmp_path, "train", recipe, lambda: made.append(3) or ["c"]) == ["c"]
     # A training voice installed since does not touch the evaluation renders: the held-out voice is the same.
-    pipeline.cached_renders(tmp_path, "eval", recipe, lambda: made.append(4) or ["e"])
+    _cached(tmp_path, "eval", recipe, lambda: made.append(4) or ["e"])
     voices["espeak"] = voices["espeak"] + (Voice("espeak", "en-us", "", "en-us"),)
-    pipeline.cached_renders(tmp_path, "eval", recipe, lambda: made.append(5) or ["f"])
+    _cached(tmp_path, "eval", recipe, lambda: made.append(5) or ["f"])
     assert made == [1, 3, 4]

@@ -27,6 +27,7 @@ from gate.kws.detector import Detector
 from gate.kws.featurize import Featurizer
 from gate.kws.stage import KeywordSpotter
 from gate.vocabulary import COMMANDS
+from sensors.synth.tts import Utterance
 
 log = logging.getLogger(__name__)
 SR = 16_000
@@ -45,17 +46,12 @@ class Options:
     cache_dir: Path | None = None  # where synthesised renders are kept between runs (default: the output dir)
 
 
-def cached_renders(cache: Path, what: str, recipe: Recipe, make):
-    """Renders are the slow, model-independent part: keep them for reruns, keyed by what they depend on:
-    the voices installed here (a voice installed or removed since makes new renders), and the training
-    corpus spec, or for "eval" only the held-out voices, voice ranges and evaluation counts."""
-    c, ev = recipe.corpus, recipe.evaluation
-    es = corpus.engines(c.engines)
-    train_v, eval_v = corpus.split_voices(es, c.eval_voices)
-    spec = ([c.model_dump(mode="json"), [v.id for v in train_v], list(es.variants)] if what != "eval" else
-            [c.engines, c.eval_voices, c.rate_wpm, c.pitch, ev.positive_renders, ev.confusable_renders,
-             ev.speech_renders, ev.command_renders, [v.id for v in eval_v]])
-    key = hashlib.sha256(json.dumps([recipe.phrase, recipe.seed, spec], sort_keys=True).encode()).hexdigest()[:16]
+def cached_renders(cache: Path, what: str, items: list[tuple[str, Utterance]], make):
+    """Renders are the slow, model-independent part: keep them for reruns, keyed by the plan itself
+    (every utterance's kind, text, voice, rate and pitch), so whatever changes what would be said
+    (recipe, seed, installed voices) makes new renders, and nothing else does."""
+    plan = [[kind, u.text, u.voice.id, u.rate, u.pitch] for kind, u in items]
+    key = hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
     path = cache / f"renders-{what}-{key}.pkl"
     if path.is_file():
         with path.open("rb") as f:
@@ -99,14 +95,13 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
     es = corpus.engines(c.engines)
     train_v, eval_v = corpus.split_voices(es, c.eval_voices)
     variants = list(es.variants)
-    accents, accents_skipped = corpus.accent_voices(c.accents)
-    train_items = corpus.plan(recipe.phrase, voices=train_v, variants=variants, rng=_rng(recipe.seed, "plan"),
-                              n_pos=c.positives, n_conf=c.confusables, n_speech=c.speech, n_cmd=c.command_renders,
-                              rate=c.rate_wpm, pitch=c.pitch, accents=accents, accent_share=c.accent_share)
+    train_items, accents, accents_skipped = train_plan(recipe, es)
+    eval_items = eval_plan(recipe, eval_v)
     cache = opts.cache_dir or out
-    train_r = cached_renders(cache, "train", recipe, lambda: corpus.synthesise(train_items, workers=c.workers,
-                                                                         desc="synth train"))
-    eval_r = cached_renders(cache, "eval", recipe, lambda: eval_renders(recipe, eval_v))
+    train_r = cached_renders(cache, "train", train_items, lambda: corpus.synthesise(train_items, workers=c.workers,
+                                                                                   desc="synth train"))
+    eval_r = cached_renders(cache, "eval", eval_items, lambda: corpus.synthesise(eval_items, workers=c.workers,
+                                                                                desc="synth eval"))
     card["data"] = _data_card(train_r, eval_r, train_v, eval_v, variants)
     card["data"]["accents"] = {"voices": [f"{v.id}: {text}" for v, text in accents], "skipped": accents_skipped,
                                "share": c.accent_share}
@@ -240,12 +235,11 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
 def reevaluate(recipe: Recipe, out: Path, opts: Options) -> dict:
     """Score the tiny models of a finished run on freshly built scenes (no training); rewrites its cards."""
     card = json.loads((out / "card.json").read_text())
-    c = recipe.corpus
-    es = corpus.engines(c.engines)
-    train_v, eval_v = corpus.split_voices(es, c.eval_voices)
     cache = opts.cache_dir or out
-    train_r = cached_renders(cache, "train", recipe, lambda: None)
-    eval_r = cached_renders(cache, "eval", recipe, lambda: eval_renders(recipe, eval_v))
+    eval_items = eval_plan(recipe)
+    train_r = cached_renders(cache, "train", train_plan(recipe)[0], lambda: None)
+    eval_r = cached_renders(cache, "eval", eval_items, lambda: corpus.synthesise(
+        eval_items, workers=recipe.corpus.workers, desc="synth eval"))
     if train_r is None:
         raise FileNotFoundError(f"{cache}: no cached training renders to build dev scenes from")
     tiny = {n: m for n, m in card["models"].items() if n.startswith("tiny_")}
@@ -255,16 +249,28 @@ def reevaluate(recipe: Recipe, out: Path, opts: Options) -> dict:
     return card
 
 
-def eval_renders(recipe: Recipe, eval_voices=None) -> list[corpus.Render]:
+def train_plan(recipe: Recipe, es=None) -> tuple[list, list, dict[str, str]]:
+    """What the training corpus says, by which voice (every draw made here, from the seed), with the
+    accent voices used and those skipped (and why)."""
+    c = recipe.corpus
+    es = es or corpus.engines(c.engines)
+    train_v = corpus.split_voices(es, c.eval_voices)[0]
+    accents, skipped = corpus.accent_voices(c.accents)
+    items = corpus.plan(recipe.phrase, voices=train_v, variants=list(es.variants), rng=_rng(recipe.seed, "plan"),
+                        n_pos=c.positives, n_conf=c.confusables, n_speech=c.speech, n_cmd=c.command_renders,
+                        rate=c.rate_wpm, pitch=c.pitch, accents=accents, accent_share=c.accent_share)
+    return items, accents, skipped
+
+
+def eval_plan(recipe: Recipe, eval_voices=None) -> list:
     """Held-out-voice speech for test clips and scenes; no espeak variant (variants are training-only)."""
     c = recipe.corpus
     if eval_voices is None:
         eval_voices = corpus.split_voices(corpus.engines(c.engines), c.eval_voices)[1]
     ev = recipe.evaluation
-    items = corpus.plan(recipe.phrase, voices=eval_voices, variants=[], rng=_rng(recipe.seed, "eval"),
-                        n_pos=ev.positive_renders, n_conf=ev.confusable_renders, n_speech=ev.speech_renders,
-                        n_cmd=ev.command_renders, rate=c.rate_wpm, pitch=c.pitch)
-    return corpus.synthesise(items, workers=c.workers, desc="synth eval")
+    return corpus.plan(recipe.phrase, voices=eval_voices, variants=[], rng=_rng(recipe.seed, "eval"),
+                       n_pos=ev.positive_renders, n_conf=ev.confusable_renders, n_speech=ev.speech_renders,
+                       n_cmd=ev.command_renders, rate=c.rate_wpm, pitch=c.pitch)
 
 
 def build_eval_scenes(recipe: Recipe, eval_r: list[corpus.Render], minutes: float) -> list[scenes.Scene]:
