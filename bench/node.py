@@ -70,7 +70,7 @@ def _replay_speed(settings, audio: np.ndarray) -> tuple[float, dict]:
     for _ in range(3):
         ledger = EnergyLedger(always_on=(ANALOG_GATE,))
         c = Cascade.from_config(settings, ledger=ledger, kws=kws,
-                                publisher=EstimatedRadio(ledger=ledger, topic="gate/node1/segments", qos=1))
+                                publisher=EstimatedRadio(ledger=ledger, mqtt=settings.mqtt))
         t0 = time.perf_counter()
         n = 0
         for a in range(0, audio.size, 1 << 16):

@@ -126,6 +126,7 @@ class Node:
         self._reload_requested = threading.Event()
         self._pending_settings: Any | None = None
         self._next_heartbeat_s = settings.node.heartbeat_s
+        self._keepalive_t_s = 0.0
         self._batch = int(settings.node.batch_ms * settings.audio.sample_rate / 1000)
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
@@ -204,6 +205,9 @@ class Node:
         self._check_capture()
         if self.transport is None:
             return
+        # The link's keepalives are charged on the audio clock (MqttTransport.keepalive).
+        self.transport.keepalive(self.cascade.t_s - self._keepalive_t_s)
+        self._keepalive_t_s = self.cascade.t_s
         st = self.transport.stats()
         hb = Heartbeat(node_id=self.cascade.encoder.node_id, boot_id=self.cascade.encoder.boot_id,
                        seq=self._hb_seq, audio_s=self.cascade.t_s, ledger=self.cascade.ledger.snapshot().to_dict(),

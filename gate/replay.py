@@ -5,8 +5,10 @@ audio clock. Counts go to a per-file ledger that joins the run's totals only whe
 was read, so a file that turns out corrupt half-way leaves no partial counts behind.
 
 Radio: with a broker the transport publishes every segment and charges the bytes it really put
-on the wire (status, acks and verdicts included) to a run-wide ledger. Without one, each segment
-is charged what publishing it would cost (gate.energy.wire_bytes, the transport's own arithmetic).
+on the wire (status, acks, verdicts, CONNECT and SUBSCRIBE included) to a run-wide ledger. Without
+one, each file is charged what publishing would cost (gate.energy.wire, the transport's own
+arithmetic). Either way the link's keepalives are charged on the audio clock: one PINGREQ/PINGRESP
+per ``mqtt.keepalive_s`` of audio.
 
 Cloud: with the embedded broker a private `gate-cloud serve` worker verifies every segment (see
 gate.cloud_leg). The ``cloud`` stage is charged one invocation and the segment's audio seconds per
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from gate import __version__
 from gate.cascade import Cascade, Published
 from gate.config import GateSettings
 from gate.energy import (
@@ -46,9 +49,11 @@ from gate.energy import (
     StageCounts,
     wire_bytes,
 )
+from gate.energy.wire import TLS_RECORD_OVERHEAD_B, SessionBytes
 from gate.errors import AudioInputError, GateError
 from gate.report import build_report
-from gate.wire import NodeTopics
+from gate.transport.config import MqttConfig
+from gate.wire import NodeTopics, Status, default_client_id, new_id
 from sensors.analog.events import GateEvent, open_intervals
 from sensors.wavfile import AudioFileSource
 
@@ -76,16 +81,35 @@ class FileResult:
 
 
 class EstimatedRadio:
-    """Stands in for the transport when there is no broker: charges each segment's wire bytes."""
+    """Stands in for the transport when there is no broker: charges what the transport would put on
+    the wire. A recording is a power-up: one connect (CONNECT, SUBSCRIBE and their acks), then each
+    segment's bytes and the keepalives of its audio. The broker password, a secret this does not
+    read, is left out of the CONNECT. ``link=False`` (a node with no KWS, which never publishes)
+    holds no link and is charged nothing."""
 
-    def __init__(self, *, ledger: EnergyLedger, topic: str, qos: int) -> None:
+    def __init__(self, *, ledger: EnergyLedger, mqtt: MqttConfig, link: bool = True) -> None:
         self.ledger = ledger
-        self.topic_len = len(topic.encode())
-        self.qos = qos
+        topics = NodeTopics(mqtt.node_id, mqtt.topic_prefix)
+        self.topic_len = len(topics.segments.encode())
+        self.qos = max(1, mqtt.qos)
+        tls = mqtt.tls.enabled or mqtt.broker.startswith("mqtts://")
+        self.tls_overhead = TLS_RECORD_OVERHEAD_B if tls else 0
+        offline = Status(node_id=mqtt.node_id, state="offline", boot_id=new_id(), version=__version__).to_json()
+        self.session = SessionBytes.of(client_id=default_client_id(mqtt.node_id, mqtt.topic_prefix),
+                                       will_topic=topics.status, will_payload=offline, username=mqtt.username,
+                                       password=None, subscribe=[topics.verdict, topics.config],
+                                       keepalive_s=mqtt.keepalive_s, tls_record_overhead=self.tls_overhead)
+        self.link = link
+        if link:
+            self.ledger.charge(RADIO, nbytes=self.session.connect)
 
     def publish_segment(self, payload: bytes, *, segment_id: str) -> None:
         self.ledger.charge(RADIO, invocations=1, nbytes=wire_bytes(len(payload), topic_len=self.topic_len,
-                                                                   qos=self.qos))
+                                                                   qos=self.qos, tls_record_overhead=self.tls_overhead))
+
+    def keepalive(self, elapsed_audio_s: float) -> None:
+        if self.link:
+            self.ledger.charge(RADIO, nbytes=self.session.keepalives(elapsed_audio_s)[1])
 
 
 class RecordingSpotter:
@@ -158,8 +182,7 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
     source = AudioFileSource(path, target_rate=settings.audio.sample_rate)
     ledger = EnergyLedger(always_on=(ANALOG_GATE,))
     if publisher is None:
-        topic = NodeTopics(settings.mqtt.node_id, settings.mqtt.topic_prefix).segments
-        publisher = EstimatedRadio(ledger=ledger, topic=topic, qos=max(1, settings.mqtt.qos))
+        publisher = EstimatedRadio(ledger=ledger, mqtt=settings.mqtt, link=kws is not None)
     recorder = RecordingSpotter(kws, str(path)) if kws is not None else None
     cascade = Cascade.from_config(settings, ledger=ledger, publisher=publisher, kws=recorder,
                                   wall_clock=time.time if realtime else None)
@@ -186,6 +209,9 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
                 progress(piece.size / cascade.sample_rate)
     published.extend(cascade.flush().segments)
     audio_s = cascade.t_s
+    keepalive = getattr(publisher, "keepalive", None)  # the link's pings over this file's audio
+    if keepalive is not None:
+        keepalive(audio_s)
     trace: list[dict] = []
     if recorder is not None:
         recorder.harvest()

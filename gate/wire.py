@@ -424,6 +424,11 @@ class NodeTopics:
     config_ack = property(lambda self: self.topic(CONFIG_ACK))
 
 
+def default_client_id(node_id: str, prefix: str = "gate") -> str:
+    """The node's MQTT client id: stable, so the broker keeps its persistent session across restarts."""
+    return f"gate-{prefix}-{node_id}"
+
+
 def shared_subscription(kind: str, *, group: str, prefix: str = "gate") -> str:
     """The cloud's load-balanced filter for ``kind`` from every node: $share/<group>/<prefix>/+/<kind>."""
     for name, value in (("group", group), ("prefix", prefix)):

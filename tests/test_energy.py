@@ -33,6 +33,7 @@ from gate.energy import (
     wire_bytes,
 )
 from gate.energy.model import NODE_STAGES
+from gate.energy.wire import SessionBytes, control_b, mqtt_connect_b, mqtt_subscribe_b
 from gate.errors import ProfileError
 
 SHIPPED = ("mcu-analog", "pi4", "pizero2w")
@@ -405,3 +406,28 @@ def test_savings_by_hand_and_against_baselines():
         always_on_kws_counts(3600.0, kws_hop_s=0.1, segments_bytes=40_000, segment_audio_s=2.5, n_segments=1)
     )
     assert savings(kws, stream)["joules_pct"] > 90.0
+
+
+def test_session_control_packet_sizes():
+    # CONNECT: fixed header 1 + remaining-length 1 + 10 B variable header + client id "c1" (2 + 2).
+    assert mqtt_connect_b(client_id="c1") == 16
+    # A password goes only with a user name (MQTT 3.1.1 section 3.1.2.9).
+    assert mqtt_connect_b(client_id="c1", password="pw") == 16
+    assert mqtt_connect_b(client_id="c1", username="u", password="pw") == 16 + 3 + 4
+    assert mqtt_connect_b(client_id="c1", will_topic="a/b", will_payload=b"xy") == 16 + 5 + 4
+    # SUBSCRIBE: 1 + 1 + packet id 2 + (2 + len + QoS 1) per filter; SUBACK 1 + 1 + 2 + 1 per filter.
+    assert mqtt_subscribe_b(["a/b", "c"]) == (4 + 6 + 4, 6)
+
+
+def test_keepalives_carry_the_remainder_and_refuse_time_going_back():
+    s = SessionBytes.of(client_id="c1", will_topic=None, will_payload=b"", username=None, password=None,
+                        subscribe=[], keepalive_s=30)
+    assert s.ping == 2 * (2 + 40) and s.disconnect == 2 + 40 and s.connect == control_b(16, 4)
+    assert s.keepalives(29.0) == (0, 0)
+    assert s.keepalives(2.0) == (1, s.ping)
+    assert s.keepalives(89.0) == (3, 3 * s.ping)
+    with pytest.raises(ValueError, match="elapsed_s"):
+        s.keepalives(-1.0)
+    with pytest.raises(ValueError, match="keepalive_s"):
+        SessionBytes.of(client_id="c", will_topic=None, will_payload=b"", username=None, password=None,
+                        subscribe=[], keepalive_s=0)

@@ -9,8 +9,10 @@ import gate
 from gate.cli import main
 from gate.config import GateSettings
 from gate.energy import EnergyModel
+from gate.energy.wire import control_b, mqtt_connect_b, mqtt_subscribe_b
 from gate.replay import replay_files
 from gate.report import load_report, reprice
+from gate.wire import Status, new_id
 from sensors.wavfile import write_audio
 
 SR = 16000
@@ -53,8 +55,13 @@ def test_report_has_the_documented_fields(burst_file, tmp_path):
 def test_savings_follow_from_the_priced_stages(burst_file):
     r = replay_files([burst_file], settings=GateSettings())
     stream = r["baselines"]["always_stream"]
-    assert r["totals"]["bytes"] == 0 and stream["bytes"] >= 20 * 32000
-    assert r["savings"]["bytes_pct"] == 100.0
+    # No segment: the only radio bytes are the link's CONNECT and SUBSCRIBE (20 s: no keepalive yet).
+    offline = Status(node_id="node1", state="offline", boot_id=new_id(), version=gate.__version__).to_json()
+    session = control_b(mqtt_connect_b(client_id="gate-gate-node1", will_topic="gate/node1/status",
+                                       will_payload=offline), 4,
+                        *mqtt_subscribe_b(["gate/node1/verdict", "gate/node1/config"]))
+    assert r["totals"]["bytes"] == session and stream["bytes"] >= 20 * 32000
+    assert r["savings"]["bytes_pct"] == pytest.approx(100 * (1 - session / stream["bytes"]))
     assert r["savings"]["joules_pct"] == pytest.approx(100 * (1 - r["totals"]["joules"] / stream["joules"]))
     # On a Pi the host's idle power dominates; the report says so instead of hiding it.
     assert r["savings"]["host_share_of_cascade_pct"] > 90
@@ -116,3 +123,17 @@ def test_thresholds_change_the_replay(burst_file, tmp_path):
     assert main(["--config", str(cfg), "replay", str(burst_file), "--report", str(out), "--quiet"]) == 0
     (interval,) = json.loads(out.read_text())["inputs"][0]["gate_open_intervals"]
     assert interval[1] >= 7.9
+
+
+def test_the_links_keepalives_are_charged_on_the_audio_clock(tmp_path):
+    quiet = tmp_path / "quiet.wav"
+    write_audio(quiet, np.zeros(65 * SR))
+    s = GateSettings()
+    s.mqtt.keepalive_s = 30
+    no_kws = replay_files([quiet], settings=s, kws=None)
+    assert no_kws["totals"]["bytes"] == 0  # no KWS: nothing is ever published, no link is held
+    with_kws = replay_files([quiet], settings=s)["totals"]["bytes"]
+    s.mqtt.keepalive_s = 3600
+    once = replay_files([quiet], settings=s)["totals"]["bytes"]
+    # 65 s of audio at a 30 s keepalive: two PINGREQ/PINGRESP exchanges of 2 + 2 B and two TCP/IP headers.
+    assert with_kws - once == 2 * (2 + 2 + 2 * 40)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mqtt_helpers import Collector, CountingProxy, mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
+from mqtt_helpers import Collector, CountingProxy, free_port, mosquitto_fixture, needs_mosquitto  # noqa: F401
 
 from gate import __version__
 from gate.energy import RADIO, EnergyLedger, mqtt_publish_b, wire_bytes
+from gate.energy.wire import control_b, mqtt_connect_b, mqtt_subscribe_b
 from gate.transport.config import MqttConfig
 from gate.transport.mqtt import MqttTransport, TransportError
 from gate.transport.spool import Spool
@@ -77,7 +78,7 @@ def test_segments_arrive_intact_with_their_times_and_bytes_are_charged(mosquitto
 
     online = Status(node_id=NODE, state="online", boot_id=t.boot_id, version=__version__).to_json()
     expected = sum(wire_bytes(len(p), topic_len=len(f"gate/{NODE}/segments")) for _, _, p in sent.values())
-    expected += wire_bytes(len(online), topic_len=len(f"gate/{NODE}/status"))
+    expected += wire_bytes(len(online), topic_len=len(f"gate/{NODE}/status")) + session_b(t)
     radio = t.ledger.snapshot()[RADIO]
     assert radio.bytes == expected
     assert radio.bytes >= sum(len(p) for _, _, p in sent.values())
@@ -85,6 +86,60 @@ def test_segments_arrive_intact_with_their_times_and_bytes_are_charged(mosquitto
     assert t.stats().delivered == 6
     t.close()
     cloud.close()
+
+
+def session_b(t: MqttTransport) -> int:
+    """CONNECT/CONNACK and SUBSCRIBE/SUBACK of one connect, each in its own TCP segment."""
+    offline = Status(node_id=NODE, state="offline", boot_id=t.boot_id, version=__version__).to_json()
+    connect = mqtt_connect_b(client_id=t.client_id, will_topic=f"gate/{NODE}/status", will_payload=offline)
+    return control_b(connect, 4, *mqtt_subscribe_b([f"gate/{NODE}/verdict", f"gate/{NODE}/config"]))
+
+
+def test_session_control_bytes_match_the_mqtt_bytes_actually_sent(mosquitto, tmp_path):
+    """CONNECT, SUBSCRIBE, PINGREQ and DISCONNECT as counted on the wire by a relay, and as charged."""
+    proxy = CountingProxy(mosquitto.port)
+    t = MqttTransport(host=proxy.host, port=proxy.port, node_id=NODE, spool=Spool(tmp_path, max_bytes=1 << 24),
+                      ledger=EnergyLedger(), keepalive_s=1, username="gate-node", password="s3cret")
+    t.start()
+    assert t.wait_ready(5)
+    online = Status(node_id=NODE, state="online", boot_id=t.boot_id, version=__version__).to_json()
+    offline = Status(node_id=NODE, state="offline", boot_id=t.boot_id, version=__version__).to_json()
+    status = mqtt_publish_b(len(online), topic_len=len(f"gate/{NODE}/status"), qos=1)
+    connect = mqtt_connect_b(client_id=t.client_id, will_topic=f"gate/{NODE}/status", will_payload=offline,
+                             username="gate-node", password="s3cret")
+    subscribe, suback = mqtt_subscribe_b([f"gate/{NODE}/verdict", f"gate/{NODE}/config"])
+    assert wait_for(lambda: proxy.counts() == (connect + subscribe + status, 4 + suback + 4), 2), proxy.counts()
+    charged = t.ledger.snapshot()[RADIO].bytes
+    assert charged == connect + subscribe + status + 4 + suback + 4 + 6 * 40
+    # paho pings after a quiet second (keepalive 1 s): 2 B each way, as gate.energy.wire says.
+    up, down = proxy.counts()
+    assert wait_for(lambda: proxy.counts()[0] > up, 3)
+    time.sleep(0.3)
+    up2, down2 = proxy.counts()
+    assert (up2 - up) % 2 == 0 and up2 - up == down2 - down
+    # ...but the ledger counts keepalives on the audio clock: 3.5 s of audio is 3 exchanges, the
+    # half second carried over to the next call.
+    assert t.ledger.snapshot()[RADIO].bytes == charged
+    t.keepalive(3.5)
+    assert wait_for(lambda: t.stats().keepalives == 3, 2)
+    t.keepalive(0.5)
+    assert wait_for(lambda: t.stats().keepalives == 4, 2)
+    assert t.ledger.snapshot()[RADIO].bytes == charged + 4 * (2 + 2 + 2 * 40)
+    before = t.ledger.snapshot()[RADIO].bytes
+    t.close()
+    # Offline status (with its PUBACK) and DISCONNECT.
+    assert t.ledger.snapshot()[RADIO].bytes - before == wire_bytes(len(offline), topic_len=len(f"gate/{NODE}/status")) \
+        + 2 + 40
+    proxy.close()
+
+
+def test_no_keepalives_are_charged_while_the_broker_is_away(tmp_path):
+    t = MqttTransport(host="127.0.0.1", port=free_port(), node_id=NODE, spool=Spool(tmp_path, max_bytes=1 << 20),
+                      ledger=EnergyLedger(), keepalive_s=30)
+    t.start()
+    t.keepalive(600.0)
+    t.close(timeout=0.5)  # the worker handles events in order: the clock before the stop
+    assert t.stats().keepalives == 0 and t.ledger.snapshot()[RADIO].bytes == 0
 
 
 def test_charged_bytes_match_the_mqtt_bytes_actually_sent(mosquitto, tmp_path):
@@ -351,7 +406,7 @@ def test_a_segment_leaves_the_spool_on_its_verdict_and_is_republished_without_on
     expected = (wire_bytes(len(pa), topic_len=seg_topic)
                 + (1 + st.republished) * wire_bytes(len(pb), topic_len=seg_topic)
                 + wire_bytes(len(va), topic_len=verdict_topic) + wire_bytes(len(vb), topic_len=verdict_topic)
-                + wire_bytes(len(online), topic_len=len(f"gate/{NODE}/status")))
+                + wire_bytes(len(online), topic_len=len(f"gate/{NODE}/status")) + session_b(t))
     radio = t.ledger.snapshot()[RADIO]
     assert radio.invocations == 2 and radio.bytes == expected
     t.close()

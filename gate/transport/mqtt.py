@@ -44,13 +44,13 @@ from pydantic import ValidationError
 
 from gate import __version__
 from gate.energy import RADIO, EnergyLedger, wire_bytes
-from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OVERHEAD_B
+from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OVERHEAD_B, SessionBytes
 from gate.errors import GateError
 from gate.transport.broker import parse_broker_url
 from gate.transport.config import MqttConfig, TlsConfig
 from gate.transport.netutil import set_no_delay
 from gate.transport.spool import Spool, SpoolEntry, SpoolError
-from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, new_id
+from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, default_client_id, new_id
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class TransportStats:
     verdicts: int = 0  # valid verdicts received
     republished: int = 0  # segments published again for want of a verdict
     lost: int = 0  # segments the spool could not hold (write error, full disk with nothing to drop)
+    keepalives: int = 0  # PINGREQ/PINGRESP exchanges charged on the audio clock (see keepalive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class MqttTransport:
         self._tls_overhead = TLS_RECORD_OVERHEAD_B if tls is not None and tls.enabled else 0
 
         # Stable per node: the broker keeps the persistent session (subscriptions, queued verdicts) under it.
-        self.client_id = client_id or f"gate-{topic_prefix}-{node_id}"
+        self.client_id = client_id or default_client_id(node_id, topic_prefix)
         self._client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                    clean_session=False, protocol=paho.MQTTv311)
         # Room for status and config acks beside the segment window, so paho never queues behind our back.
@@ -145,6 +146,13 @@ class MqttTransport:
             self._client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
         self._offline = Status(node_id=node_id, state="offline", boot_id=self.boot_id, version=__version__).to_json()
         self._client.will_set(self.topics.status, self._offline, qos=1, retain=True)
+        self._subscriptions = [(self.topics.verdict, 1), (self.topics.config, 1)]
+        # Session control on the radio (gate.energy.wire): CONNECT/CONNACK and SUBSCRIBE/SUBACK at every
+        # connect, a PINGREQ/PINGRESP exchange per keepalive period, DISCONNECT at the end.
+        self._session = SessionBytes.of(client_id=self.client_id, will_topic=self.topics.status,
+                                        will_payload=self._offline, username=username, password=password,
+                                        subscribe=[t for t, _ in self._subscriptions],
+                                        tls_record_overhead=self._tls_overhead, keepalive_s=keepalive_s)
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
         self._client.on_publish = self._paho_publish
@@ -167,7 +175,7 @@ class MqttTransport:
         self._unlogged_republished = 0
         self._next_republish_log = 0.0
         self._n = dict(connects=0, delivered=0, resent=0, heartbeats_skipped=0, rejected_in=0, verdicts=0,
-                       republished=0, lost=0)
+                       republished=0, lost=0, keepalives=0)
 
     @classmethod
     def from_config(cls, cfg: MqttConfig, *, host: str | None = None, port: int | None = None,
@@ -247,6 +255,13 @@ class MqttTransport:
             return None
         self._events.put(("spooled",))
         return entry
+
+    def keepalive(self, elapsed_audio_s: float) -> None:
+        """``elapsed_audio_s`` more seconds of audio went by: the ledger gets one PINGREQ/PINGRESP
+        exchange per ``keepalive_s`` of audio spent connected (see SessionBytes). Counted on the audio
+        clock, so a replay at any speed charges what a node in real time would; paho's own pings, on
+        the wall clock, are not counted again."""
+        self._events.put(("clock", float(elapsed_audio_s)))
 
     def publish_heartbeat(self, heartbeat: Heartbeat) -> None:
         """Best effort (QoS 0, never spooled): only the latest heartbeat matters."""
@@ -373,7 +388,8 @@ class MqttTransport:
         self._send(self.topics.status, online, qos=1, retain=True)
         # Persistent session: the broker may still hold these, but after a broker restart without
         # persistence it does not, and a repeated SUBSCRIBE is harmless.
-        _, self._sub_mid = self._client.subscribe([(self.topics.verdict, 1), (self.topics.config, 1)])
+        _, self._sub_mid = self._client.subscribe(self._subscriptions)
+        self._charge(self._session.connect)
         self._connected.set()
         self._drain()
 
@@ -392,6 +408,13 @@ class MqttTransport:
                       ", ".join(failures))
             return
         self._subscribed.set()
+
+    def _on_clock(self, elapsed_s: float) -> None:
+        if not self.connected:
+            return  # no pings while the broker is away
+        n, nbytes = self._session.keepalives(elapsed_s)
+        self._n["keepalives"] += n
+        self._charge(nbytes)
 
     def _on_spooled(self) -> None:
         self._drain()
@@ -565,6 +588,7 @@ class MqttTransport:
             return
         # A clean DISCONNECT suppresses the will, so the retained status is set by hand.
         info = self._send(self.topics.status, self._offline, qos=1, retain=True)
+        self._charge(self._session.disconnect)  # sent by close()
         try:
             info.wait_for_publish(timeout=2.0)
         except (RuntimeError, ValueError):
@@ -586,7 +610,8 @@ class MqttTransport:
 
     def _charge(self, nbytes: int, *, wakes: int = 0) -> None:
         # A radio invocation is a wake (priced with the profile's wake_j): one per delivered segment.
-        # Status, heartbeats, verdicts and resends ride on a link that is already up: bytes only.
+        # Status, heartbeats, verdicts, resends and session control ride on a link that is already up:
+        # bytes only.
         if self.ledger is not None and (nbytes or wakes):
             self.ledger.charge(RADIO, invocations=wakes, nbytes=nbytes)
 
