@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from gate import __version__
 from gate.cascade import Cascade, Published
 from gate.config import GateSettings
 from gate.energy import (
@@ -49,11 +48,11 @@ from gate.energy import (
     StageCounts,
     wire_bytes,
 )
-from gate.energy.wire import TLS_RECORD_OVERHEAD_B, SessionBytes
+from gate.energy.wire import TLS_RECORD_OVERHEAD_B
 from gate.errors import AudioInputError, GateError
 from gate.report import build_report
-from gate.transport.config import MqttConfig
-from gate.wire import NodeTopics, Status, default_client_id, new_id
+from gate.transport.config import MqttConfig, estimated_session, uses_tls
+from gate.wire import NodeTopics
 from sensors.analog.events import GateEvent, open_intervals
 from sensors.wavfile import AudioFileSource
 
@@ -83,22 +82,15 @@ class FileResult:
 class EstimatedRadio:
     """Stands in for the transport when there is no broker: charges what the transport would put on
     the wire. A recording is a power-up: one connect (CONNECT, SUBSCRIBE and their acks), then each
-    segment's bytes and the keepalives of its audio. The broker password, a secret this does not
-    read, is left out of the CONNECT. ``link=False`` (a node with no KWS, which never publishes)
-    holds no link and is charged nothing."""
+    segment's bytes and the keepalives of its audio (see estimated_session). ``link=False`` (a node
+    with no KWS, which never publishes) holds no link and is charged nothing."""
 
     def __init__(self, *, ledger: EnergyLedger, mqtt: MqttConfig, link: bool = True) -> None:
         self.ledger = ledger
-        topics = NodeTopics(mqtt.node_id, mqtt.topic_prefix)
-        self.topic_len = len(topics.segments.encode())
+        self.topic_len = len(NodeTopics(mqtt.node_id, mqtt.topic_prefix).segments.encode())
         self.qos = max(1, mqtt.qos)
-        tls = mqtt.tls.enabled or mqtt.broker.startswith("mqtts://")
-        self.tls_overhead = TLS_RECORD_OVERHEAD_B if tls else 0
-        offline = Status(node_id=mqtt.node_id, state="offline", boot_id=new_id(), version=__version__).to_json()
-        self.session = SessionBytes.of(client_id=default_client_id(mqtt.node_id, mqtt.topic_prefix),
-                                       will_topic=topics.status, will_payload=offline, username=mqtt.username,
-                                       password=None, subscribe=[topics.verdict, topics.config],
-                                       keepalive_s=mqtt.keepalive_s, tls_record_overhead=self.tls_overhead)
+        self.tls_overhead = TLS_RECORD_OVERHEAD_B if uses_tls(mqtt) else 0
+        self.session = estimated_session(mqtt)
         self.link = link
         if link:
             self.ledger.charge(RADIO, nbytes=self.session.connect)

@@ -33,6 +33,7 @@ from gate.energy import (
     ADC,
     CLOUD,
     HOST,
+    RADIO,
     STAGES,
     EnergyModel,
     LedgerSnapshot,
@@ -41,6 +42,7 @@ from gate.energy import (
     savings,
 )
 from gate.energy.model import EnergyBreakdown
+from gate.transport.config import estimated_session
 
 REPORT_SCHEMA = "gate.replay/2"
 PIPELINES = ("always_stream", "always_on_kws", "cascade")
@@ -57,13 +59,21 @@ def build_report(*, results: Sequence[Any], failed: list[dict], settings: Any, m
     if extra_counts is not None:
         counts = counts.add(LedgerSnapshot(stages=dict(extra_counts.stages)))
     detections = [d for r in results for d in getattr(r, "detections", ())]
-    baselines = {"always_stream": {"counts": always_stream_counts(counts.audio_seconds).to_dict()}}
+    # Each recording is a power-up with a link of its own: one connect each (a stream's own traffic
+    # keeps its link alive, so no keepalives).
+    connects = estimated_session(settings.mqtt).connect * len(results)
+    baselines = {"always_stream": {"counts": always_stream_counts(counts.audio_seconds,
+                                                                  link_bytes=connects).to_dict()}}
     if kws_hop_s:
         seg = {"n_segments": len(detections), "segments_bytes": sum(d["payload_bytes"] for d in detections),
                "segment_audio_s": sum(d["end_s"] - d["start_s"] for d in detections)}
+        bare = always_on_kws_counts(counts.audio_seconds, kws_hop_s=kws_hop_s, **seg)
+        # The same segments go up either way, and with them the same session, status and verdict traffic.
+        link = max(0, counts[RADIO].bytes - bare[RADIO].bytes)
         baselines["always_on_kws"] = {
-            "counts": always_on_kws_counts(counts.audio_seconds, kws_hop_s=kws_hop_s, **seg).to_dict(),
-            "params": {"kws_hop_s": kws_hop_s, **seg}}
+            "counts": always_on_kws_counts(counts.audio_seconds, kws_hop_s=kws_hop_s, link_bytes=link,
+                                           **seg).to_dict(),
+            "params": {"kws_hop_s": kws_hop_s, "link_bytes": link, **seg}}
     adc_startup = model.profile.stages[ADC].startup_s if ADC in model.profile.stages else 0.0
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,

@@ -34,14 +34,17 @@ def always_stream_counts(
     topic_len: int = DEFAULT_TOPIC_LEN,
     qos: int = 1,
     tls_record_overhead: int = 0,
+    link_bytes: int = 0,
 ) -> LedgerSnapshot:
     """Stream raw PCM to a cloud model that listens to everything (no gate, no KWS on the node).
 
     ADC on all the time; one radio connection held up for the whole run (``active_seconds`` =
     audio seconds, so a profile's connected-idle power applies) carrying 16-bit PCM, 32,000 B/s at
-    16 kHz, in ``packet_s`` MQTT messages; the cloud processes every audio second.
+    16 kHz, in ``packet_s`` MQTT messages; the cloud processes every audio second. ``link_bytes``:
+    the session's control traffic (its CONNECT and SUBSCRIBE; a stream never idles long enough to ping).
     """
     audio_seconds = _nonneg("audio_seconds", audio_seconds)
+    _nonneg("link_bytes", link_bytes)
     if audio_seconds == 0:
         return LedgerSnapshot()
     packet_payload = round(packet_s * sample_rate) * sample_width
@@ -55,7 +58,7 @@ def always_stream_counts(
         audio_seconds=audio_seconds,
         stages={
             ADC: StageCounts(invocations=1, active_seconds=audio_seconds, bytes=pcm),
-            RADIO: StageCounts(invocations=1, active_seconds=audio_seconds, bytes=radio),
+            RADIO: StageCounts(invocations=1, active_seconds=audio_seconds, bytes=radio + int(link_bytes)),
             CLOUD: StageCounts(invocations=1, active_seconds=audio_seconds),
         },
     )
@@ -73,13 +76,16 @@ def always_on_kws_counts(
     topic_len: int = DEFAULT_TOPIC_LEN,
     qos: int = 1,
     tls_record_overhead: int = 0,
+    link_bytes: int = 0,
 ) -> LedgerSnapshot:
     """ADC and KWS on all the time (no analog gate); radio and cloud only for detected segments.
 
     ``segments_bytes`` is the encoded payload of all ``n_segments`` segments together and
     ``segment_audio_s`` their total audio; pass the cascade's own figures to compare like for like.
     Each segment is one MQTT message and one radio wake (``wake_j``), with no connected idle time.
+    ``link_bytes``: the session's control traffic (connects and keepalives), as the cascade's node holds.
     """
+    _nonneg("link_bytes", link_bytes)
     audio_seconds = _nonneg("audio_seconds", audio_seconds)
     segment_audio_s = _nonneg("segment_audio_s", segment_audio_s)
     if not (math.isfinite(kws_hop_s) and kws_hop_s > 0):
@@ -103,7 +109,7 @@ def always_on_kws_counts(
             ADC: StageCounts(invocations=1 if audio_seconds else 0, active_seconds=audio_seconds, bytes=pcm),
             FEATURES_KWS: StageCounts(invocations=hops, active_seconds=audio_seconds),
             ENCODER: StageCounts(invocations=n_segments, active_seconds=segment_audio_s, bytes=segments_bytes),
-            RADIO: StageCounts(invocations=n_segments, bytes=radio),
+            RADIO: StageCounts(invocations=n_segments, bytes=radio + int(link_bytes)),
             CLOUD: StageCounts(invocations=n_segments, active_seconds=segment_audio_s),
         },
     )

@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field, field_validator
 
+from gate.energy.wire import TLS_RECORD_OVERHEAD_B, SessionBytes
 from gate.strict import Strict
 
 
@@ -56,3 +57,22 @@ class MqttConfig(Strict):
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v):
             raise ValueError("must be 1-64 characters of letters, digits, '_', '.', '-' (no MQTT wildcards or '/')")
         return v
+
+
+def estimated_session(mqtt: MqttConfig) -> SessionBytes:
+    """The control traffic a node with these settings would put on the radio (CONNECT with its will,
+    the verdict and config subscriptions, keepalives), for when no transport is running. The broker
+    password, a secret, is not read: its bytes are left out of the CONNECT."""
+    from gate import __version__
+    from gate.wire import NodeTopics, Status, default_client_id, new_id
+
+    topics = NodeTopics(mqtt.node_id, mqtt.topic_prefix)
+    offline = Status(node_id=mqtt.node_id, state="offline", boot_id=new_id(), version=__version__).to_json()
+    return SessionBytes.of(client_id=default_client_id(mqtt.node_id, mqtt.topic_prefix), will_topic=topics.status,
+                           will_payload=offline, username=mqtt.username, password=None,
+                           subscribe=[topics.verdict, topics.config], keepalive_s=mqtt.keepalive_s,
+                           tls_record_overhead=TLS_RECORD_OVERHEAD_B if uses_tls(mqtt) else 0)
+
+
+def uses_tls(mqtt: MqttConfig) -> bool:
+    return mqtt.tls.enabled or mqtt.broker.startswith("mqtts://")
