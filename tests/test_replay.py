@@ -8,7 +8,7 @@ import yaml
 import gate
 from gate.cli import main
 from gate.config import GateSettings
-from gate.energy import EnergyModel
+from gate.energy import EnergyModel, wire_bytes
 from gate.energy.wire import control_b, mqtt_connect_b, mqtt_subscribe_b
 from gate.replay import replay_files
 from gate.report import load_report, reprice
@@ -137,3 +137,13 @@ def test_the_links_keepalives_are_charged_on_the_audio_clock(tmp_path):
     once = replay_files([quiet], settings=s)["totals"]["bytes"]
     # 65 s of audio at a 30 s keepalive: two PINGREQ/PINGRESP exchanges of 2 + 2 B and two TCP/IP headers.
     assert with_kws - once == 2 * (2 + 2 + 2 * 40)
+
+
+def test_baselines_hold_a_link_like_the_cascades_node(burst_file):
+    r = replay_files([burst_file], settings=GateSettings())
+    b = r["baselines"]
+    # The always-on-KWS node sends the cascade's segments over the same kind of link: same bytes.
+    assert b["always_on_kws"]["bytes"] == r["totals"]["bytes"] > 0
+    # The stream connects once too (20 s of 16-bit PCM in 100 ms messages, plus that connect).
+    pcm = wire_bytes(20 * SR * 2, topic_len=24, packet_payload=3200)
+    assert b["always_stream"]["bytes"] == pcm + r["totals"]["bytes"]
