@@ -172,9 +172,11 @@ def trace_detections(runs: Iterable[Mapping], params: DetectorParams, threshold:
     return {path: hold(times, params.hold_s) for path, times in out.items()}
 
 
-def default_thresholds(n: int = 41) -> list[float]:
-    """Dense near both ends, where int8 posteriors bunch up."""
-    x = np.linspace(-5.0, 5.0, n)
+def default_thresholds(n: int = 49) -> list[float]:
+    """Even steps of the logit from -5 to 7 (0.0067 to 0.99909): dense near both ends, where posteriors
+    bunch up. The top steps matter for a model with a logit output (gate.kws.stage.outputs_logits);
+    a sigmoid-output int8 model cannot score above 255/256 = 0.996."""
+    x = np.linspace(-5.0, 7.0, n)
     return [round(float(v), 5) for v in 1.0 / (1.0 + np.exp(-x))]
 
 

@@ -67,18 +67,23 @@ def test_tensor_quant_round_trip_and_saturation():
     assert not f.quantized and f.quantize(np.array([1.5]))[0] == np.float32(1.5)
 
 
-def test_int8_conversion_round_trip_tracks_float():
-    """Full-integer PTQ with a representative set: int8 outputs stay close to the float model's."""
+def _small_model(n: int):
+    """``n`` random log-mel-like windows and an untrained binary model of the training family."""
     tf = pytest.importorskip("tensorflow")
-    from cloud.train.fit import to_tflite
     from cloud.train.models import build
     from cloud.train.recipe import ModelSpec
 
     tf.keras.utils.set_random_seed(0)
     spec = ModelSpec(window_frames=20, stem=8, blocks=[(8, 1), (12, 2)], kernel=3, epochs=1)
-    rng = np.random.default_rng(0)
-    x = rng.normal(-5, 2, (64, 20, 40)).astype(np.float32)
-    model = build(spec, dim=40, n_out=1, mean=np.full(40, -5.0), std=np.full(40, 2.0), name="q")
+    x = np.random.default_rng(0).normal(-5, 2, (n, 20, 40)).astype(np.float32)
+    return x, build(spec, dim=40, n_out=1, mean=np.full(40, -5.0), std=np.full(40, 2.0), name="q")
+
+
+def test_int8_conversion_round_trip_tracks_float():
+    """Full-integer PTQ with a representative set: int8 outputs stay close to the float model's."""
+    from cloud.train.fit import to_tflite
+
+    x, model = _small_model(64)
     ref = model.predict(x, verbose=0)[:, 0]
     q = TFLiteModel(model_content=to_tflite(model, int8=True, representative=x))
     f = TFLiteModel(model_content=to_tflite(model, int8=False))
@@ -98,3 +103,35 @@ def test_shipped_tiny_model_declares_its_quantization():
     assert m.input.shape[2] == 40
     assert m.size_bytes <= 64 * 1024
     assert m.backend == "ai_edge_litert"
+
+
+def test_logit_output_keeps_resolution_near_one_and_is_read_as_a_probability(tmp_path):
+    """A sigmoid-output int8 model has one level for every window scored above 0.996; a logit output
+    still ranks them, and the spotter reads it back as the same probability."""
+    from cloud.train.fit import sigmoid, to_tflite
+    from cloud.train.models import logits
+    from gate.kws.stage import outputs_logits
+
+    x, model = _small_model(200)
+    # Make the model confident: scale the last layer so its logits spread over about +-12.
+    dense = model.get_layer("logit")
+    z = logits(model).predict(x, verbose=0)[:, 0]
+    k = 12.0 / max(1e-6, float(np.max(np.abs(z))))
+    dense.kernel.assign(dense.kernel * k)
+    dense.bias.assign(dense.bias * k)
+    ref = model.predict(x, verbose=0)[:, 0]
+    prob = TFLiteModel(model_content=to_tflite(model, int8=True, representative=x))
+    logit = TFLiteModel(model_content=to_tflite(logits(model), int8=True, representative=x))
+    assert not outputs_logits(prob, {}) and outputs_logits(logit, {})
+    top = ref > 0.997
+    assert top.sum() >= 10
+    p_prob = prob.run_batch(x[top])[:, 0]
+    p_logit = sigmoid(logit.run_batch(x[top])[:, 0])
+    assert len(np.unique(p_prob)) == 1  # every confident window on the top level
+    assert len(np.unique(p_logit)) > 5
+    # Same ranking as the float model there (up to quantization), and the same probabilities overall.
+    assert np.corrcoef(p_logit, ref[top])[0, 1] > 0.9
+    assert np.max(np.abs(sigmoid(logit.run_batch(x)[:, 0]) - ref)) < 0.05
+    # A float output cannot say which it is: the card does.
+    f = TFLiteModel(model_content=to_tflite(logits(model), int8=False))
+    assert not outputs_logits(f, {}) and outputs_logits(f, {"output": "logit"})

@@ -87,3 +87,20 @@ def test_analog_envelope_model_loads_when_shipped():
     kws = KeywordSpotter.from_config(KwsConfig(feature_kind="analog_envelopes"))
     kws.process(read_audio(DATA / "pos_gbcwmd.flac"))
     assert kws.inferences > 0
+
+
+def test_a_corrupt_card_beside_a_model_is_a_clear_error(tmp_path):
+    from gate.kws.interpreter import ModelError
+    from gate.kws.stage import outputs_logits
+
+    model = tmp_path / "kws.tflite"
+    model.write_bytes(default_model_path("logmel").read_bytes())
+    (tmp_path / "kws.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"kws\.json: not a readable model card"):
+        KeywordSpotter.from_config(KwsConfig(model_path=str(model), threshold=0.5))
+    (tmp_path / "kws.json").write_text("[1, 2]")
+    with pytest.raises(ModelError, match="a model card is a JSON object"):
+        KeywordSpotter.from_config(KwsConfig(model_path=str(model), threshold=0.5))
+    # The shipped model outputs a probability (int8 over [0, 1]): read as is.
+    kws = KeywordSpotter.from_config(_config())
+    assert not kws.logits and not outputs_logits(kws.model, read_card(default_model_path("logmel")))

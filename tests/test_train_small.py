@@ -24,7 +24,7 @@ corpus: {positives: 160, confusables: 60, speech: 80, command_renders: 60, engin
          accents: [{voice: "espeak:de", phrase: "hey dscharvis"}]}
 augment: {copies: 1, snr_db: [10, 30]}
 tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epochs: 20, batch: 32, lr: 0.005,
-       prune_sparsity: 0.5, prune_epochs: 1}
+       prune_sparsity: 0.5, prune_epochs: 1, int8_output: logit, seed_per_model: true}
 verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, epochs: 2, batch: 32}
 commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32}
 streams: {minutes: 1, mine_minutes: 1, mine_epochs: 1, mine_threshold: 0.05}
@@ -58,6 +58,13 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert card["data"]["streams"]["keywords"] > 0
     assert "mined_negatives" in tiny and "mined_negatives" in card["models"]["verifier"]
     assert "tiny" in card["evaluation"]["tiny_logmel"]
+    # A logit output: the spotter reads it as a probability (the curve's miss rate falls as the threshold
+    # does), with thresholds above the 0.996 that a sigmoid-output int8 model cannot pass.
+    assert tiny["output"] == "logit"
+    curve = card["evaluation"]["tiny_logmel"]["curve"]
+    assert [c["threshold"] for c in curve][-3:] == [0.995, 0.999, 0.9999]
+    misses = [c["miss_rate"] for c in curve]
+    assert misses == sorted(misses) and misses[0] < 1.0
     assert np.isfinite(card["evaluation"]["tiny_logmel"]["tiny"]["fa_per_hour"])
     # Accented speakers took part; the pruned copy is reported (half its kernel weights zero, so it
     # compresses smaller than the dense model), not shipped.

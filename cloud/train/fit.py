@@ -95,6 +95,17 @@ def prune(model, *, sparsity: float, x: np.ndarray, y: np.ndarray, epochs: int, 
     return pruned, zeros / max(1, total)
 
 
+def seed(value: int) -> None:
+    """Python, numpy and the backend's generators, as setup_tf seeds them at the start of a run."""
+    import keras
+
+    keras.utils.set_random_seed(int(value))
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))).astype(np.float32)
+
+
 def predict(model, x: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.asarray(model.predict(x, batch_size=batch, verbose=0), np.float32)
 

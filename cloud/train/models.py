@@ -43,9 +43,16 @@ def build(spec: ModelSpec, *, dim: int, n_out: int, mean: np.ndarray, std: np.nd
         x = layers.ReLU(name=f"b{i}_relu")(y)
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     x = layers.Dropout(spec.dropout, name="dropout")(x)
-    act = "sigmoid" if n_out == 1 else "softmax"
-    out = layers.Dense(n_out, activation=act, name="posterior")(x)
+    logit = layers.Dense(n_out, name="logit")(x)
+    out = layers.Activation("sigmoid" if n_out == 1 else "softmax", name="posterior")(logit)
     return keras.Model(inp, out, name=name)
+
+
+def logits(model):
+    """The same model without its final activation (same weights): what a logit-output export converts."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer("logit").output, name=f"{model.name}_logit")
 
 
 @dataclass(frozen=True, slots=True)

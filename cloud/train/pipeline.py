@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cloud.train import corpus, dataset, fit, metrics, scenes
-from cloud.train.models import build, cost
+from cloud.train.models import build, cost, logits
 from cloud.train.recipe import Recipe
 from gate.kws.config import KwsConfig
 from gate.kws.detector import Detector
@@ -32,8 +32,11 @@ from sensors.synth.tts import Utterance
 log = logging.getLogger(__name__)
 SR = 16_000
 PARTS = ("verifier", "commands", "tiny")
-CURVE = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+CURVE = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+# Threshold candidates on the dev scenes: steps of 0.01 up to 0.99 (a sigmoid-output int8 model tops out
+# at 255/256), then finer steps near 1 for a logit-output model, which still ranks windows there.
 THRESHOLDS = np.round(np.arange(0.30, 0.995, 0.01), 3)
+LOGIT_THRESHOLDS = np.concatenate([THRESHOLDS, [0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 0.99999]])
 
 
 @dataclass
@@ -141,6 +144,8 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         xv = dataset.featurize(clips, lm, vspec.window_frames, desc="verifier features")
         xv_test = dataset.featurize(test, lm, vspec.window_frames, desc="verifier test features")
         xs, ys = streams.windows("logmel", vspec.window_frames)
+        if vspec.seed_per_model:
+            fit.seed(_model_seed(recipe.seed, "verifier"))
         t0 = time.process_time()
         verifier, hist, mined = _fit_binary(
             vspec, "verifier", lm.dim, np.concatenate([xv[tr_idx], xs]),
@@ -181,6 +186,8 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         corder = _rng(recipe.seed, "csplit").permutation(len(cclips))
         cv, ct = corder[: len(corder) // 10], corder[len(corder) // 10:]
         cm, cs = _stats(xc[ct])
+        if cspec.seed_per_model:
+            fit.seed(_model_seed(recipe.seed, "commands"))
         t0 = time.process_time()
         cmodel = build(cspec, dim=lm.dim, n_out=len(classes), mean=cm, std=cs, name="commands")
         chist = fit.train(cmodel, xc[ct], cclips.labels[ct], epochs=cspec.epochs, batch=cspec.batch, lr=cspec.lr,
@@ -313,18 +320,18 @@ def _fit_binary(spec, name: str, dim: int, x_tr, y_tr, x_val, y_val, recipe: Rec
 
 def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Recipe, name,
                 mine_streams) -> tuple[dict, bytes]:
+    if tspec.seed_per_model:
+        fit.seed(_model_seed(recipe.seed, name))
     t0 = time.process_time()
     model, hist, mined = _fit_binary(tspec, name, fz.dim, x_tr, y_tr, x_val, y_val, recipe, mine_streams)
     train_s = time.process_time() - t0
-    f_bytes = fit.to_tflite(model, int8=False)
     rep = x_tr[_rng(recipe.seed, "rep").permutation(len(x_tr))[:500]]
-    q_bytes = fit.to_tflite(model, int8=True, representative=rep)
+    f_bytes, q_bytes, predict = _export(model, tspec, rep)
     k = cost(model)
-    pf = fit.tflite_predict(f_bytes, x_test)[:, 0]
-    pq = fit.tflite_predict(q_bytes, x_test)[:, 0]
-    pqv = fit.tflite_predict(q_bytes, x_val)[:, 0]
+    pf, pq, pqv = predict(f_bytes, x_test), predict(q_bytes, x_test), predict(q_bytes, x_val)
     card = {"model": name, "feature_kind": fz.kind, "features": fz.spec(), "window_frames": tspec.window_frames,
             "params": k.params, "macs": k.macs, "size_bytes_int8": len(q_bytes), "size_bytes_float": len(f_bytes),
+            "output": tspec.int8_output, "seed_per_model": tspec.seed_per_model,
             "mined_negatives": mined,
             "accuracy_val_float": fit.binary_accuracy(fit.predict(model, x_val)[:, 0], y_val),
             "accuracy_val_int8": fit.binary_accuracy(pqv, y_val),
@@ -339,6 +346,24 @@ def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Rec
     return card, q_bytes
 
 
+def _model_seed(seed: int, name: str) -> int:
+    return int(_rng(seed, f"model:{name}").integers(2**31 - 1))
+
+
+def _export(model, tspec, rep: np.ndarray):
+    """Float and int8 TFLite of a binary model, and how to get probabilities back from either: the
+    sigmoid in the graph, or (``int8_output: logit``) a logit output the reader passes through one."""
+    head = logits(model) if tspec.int8_output == "logit" else model
+    f_bytes = fit.to_tflite(head, int8=False)
+    q_bytes = fit.to_tflite(head, int8=True, representative=rep)
+
+    def predict(content: bytes, x: np.ndarray) -> np.ndarray:
+        p = fit.tflite_predict(content, x)[:, 0]
+        return fit.sigmoid(p) if tspec.int8_output == "logit" else p
+
+    return f_bytes, q_bytes, predict
+
+
 def _pruned(model, tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, rep, q_bytes: bytes, recipe: Recipe,
             name: str) -> dict:
     """The float vs int8 vs pruned comparison: a magnitude-pruned copy, fine-tuned and quantized like the
@@ -346,10 +371,10 @@ def _pruned(model, tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, rep, q_bytes
     pruned, sparsity = fit.prune(model, sparsity=tspec.prune_sparsity, x=x_tr, y=y_tr, epochs=tspec.prune_epochs,
                                  batch=tspec.batch, lr=tspec.lr / 3, seed=recipe.seed, x_val=x_val,
                                  y_val=np.asarray(y_val, np.float32), desc=f"{name} pruned")
-    pq_bytes = fit.to_tflite(pruned, int8=True, representative=rep)
+    _, pq_bytes, predict = _export(pruned, tspec, rep)
     return {"sparsity": round(sparsity, 3), "fine_tune_epochs": tspec.prune_epochs,
             "accuracy_test_float": fit.binary_accuracy(fit.predict(pruned, x_test)[:, 0], y_test),
-            "accuracy_test_int8": fit.binary_accuracy(fit.tflite_predict(pq_bytes, x_test)[:, 0], y_test),
+            "accuracy_test_int8": fit.binary_accuracy(predict(pq_bytes, x_test), y_test),
             "size_bytes_int8": len(pq_bytes), "size_bytes_int8_zlib": len(zlib.compress(pq_bytes, 9)),
             "unpruned_size_bytes_int8_zlib": len(zlib.compress(q_bytes, 9)),
             "shipped": False}
@@ -438,7 +463,8 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
         base = KwsConfig(model_path=str(out / f"{name}.tflite"), feature_kind=kind)
         dev_scores = [_posteriors(base, s) for s in dev]
         thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour,
-                              verifier if ev.tune_for == "cascade" else None, ev.dev_uploads_per_hour)
+                              verifier if ev.tune_for == "cascade" else None, ev.dev_uploads_per_hour,
+                              logit=tiny_cards[name].get("output") == "logit")
         cfg = base.model_copy(update={"threshold": thr})
         per_scene, tiny_all, ver_all, all_scored = {}, [], [], []
         cpu = 0.0
@@ -510,13 +536,14 @@ def _detect(cfg: KwsConfig, scored: list) -> list[float]:
 
 
 def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: float, verifier=None,
-                    uploads_per_hour: float = float("inf")) -> float:
+                    uploads_per_hour: float = float("inf"), *, logit: bool = False) -> float:
     """Lowest threshold whose false accepts on the dev scenes stay within ``fa_per_hour``. With a
     ``verifier`` (tuning for the cascade) only the false accepts it passes count, and the node's own
     (what it uploads for the cloud to reject) must stay within ``uploads_per_hour``."""
     hours = sum(s.hours for s in dev)
     passes = _verdicts(verifier, dev) if verifier is not None else None
-    for thr in THRESHOLDS:
+    candidates = LOGIT_THRESHOLDS if logit else THRESHOLDS
+    for thr in candidates:
         c = cfg.model_copy(update={"threshold": float(thr)})
         node_fa = cascade_fa = 0
         for i, (s, sc) in enumerate(zip(dev, dev_scores, strict=True)):
@@ -528,7 +555,7 @@ def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: fl
             return float(thr)
         if passes is not None and cascade_fa <= fa_per_hour * hours and node_fa <= uploads_per_hour * hours:
             return float(thr)
-    return float(THRESHOLDS[-1])
+    return float(candidates[-1])
 
 
 def _stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -83,6 +83,13 @@ class ModelSpec(Strict):
     prune_epochs: int = Field(3, ge=0, le=100, description="Fine-tuning epochs of the pruned copy, zeros held")
     bn_momentum: float = Field(
         0.9, ge=0.5, lt=1.0, description="Batch-norm moving-average momentum; 0.99 needs thousands of steps to settle")
+    int8_output: Literal["probability", "logit"] = Field(
+        "probability", description="What a binary int8 model outputs: the sigmoid (256 levels in [0, 1]: the "
+                                   "top one holds every confident window) or the logit, which the node turns "
+                                   "into a probability in float and which keeps its resolution near 1")
+    seed_per_model: bool = Field(
+        False, description="Seed each model from (seed, its name) before it is built, so a model comes out the "
+                           "same whichever other models the run trains (--only)")
 
 
 class StreamSpec(Strict):

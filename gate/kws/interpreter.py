@@ -75,6 +75,14 @@ class TensorQuant:
             return np.asarray(q, dtype=np.float32)
         return (np.asarray(q, np.float32) - self.zero_point) * np.float32(self.scale)
 
+    def value_range(self) -> tuple[float, float] | None:
+        """The real values a quantized tensor can hold; None for a float tensor."""
+        if not self.quantized:
+            return None
+        info = np.iinfo(self.dtype)
+        lo, hi = self.dequantize(np.array([info.min, info.max]))
+        return float(lo), float(hi)
+
 
 class TFLiteModel:
     """A single-input, single-output .tflite model called with float features, quantized or not."""

@@ -9,6 +9,7 @@ audio time of the first sample it will feed, so times stay true across gaps.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +31,34 @@ def default_model_path(feature_kind: str) -> Path:
 def read_card(model_path: str | Path) -> dict:
     """The model card beside a model (same name, .json); {} when there is none."""
     p = Path(model_path).with_suffix(".json")
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{p}: not a readable model card ({exc})", code="model_card") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{p}: a model card is a JSON object, not {type(card).__name__}", code="model_card")
+    return card
 
 
 def tuned_threshold(model_path: str | Path) -> float:
     """The detector threshold the model was tuned to (see its card), or 0.5 for a model without one."""
     return float(read_card(model_path).get("detector", {}).get("threshold", DEFAULT_THRESHOLD))
+
+
+def outputs_logits(model: TFLiteModel, card: dict) -> bool:
+    """Whether the model outputs a logit, which the spotter turns into a probability in float.
+
+    A logit keeps an int8 model's resolution where the detector needs it: a sigmoid output has 256
+    levels in [0, 1], and the top one holds every window the model is sure of. An int8 output tells
+    which it is by its range: a sigmoid's is quantized over [0, 1], a logit's over a range well
+    beyond. A float output cannot tell; its card's ``output`` does (default: probability).
+    """
+    rng = model.output.value_range()
+    if rng is None:
+        return card.get("output") == "logit"
+    return rng[0] < -0.05 or rng[1] > 1.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +71,13 @@ class Scored:
 
 class KeywordSpotter:
     def __init__(self, *, model: TFLiteModel, featurizer: Featurizer, detector: Detector, stride_frames: int,
-                 keep_scores: bool = False) -> None:
+                 keep_scores: bool = False, logits: bool = False) -> None:
         shape = model.input.shape
         if len(shape) != 3 or shape[2] != featurizer.dim:
             raise ModelError(f"model input {shape} does not take {featurizer.kind} features of width {featurizer.dim}",
                              code="model_mismatch")
         self.model = model
+        self.logits = logits  # the model outputs a logit: the posterior is its sigmoid (outputs_logits)
         self.featurizer = featurizer
         self.detector = detector
         self.stride_frames = stride_frames
@@ -70,8 +94,9 @@ class KeywordSpotter:
         threshold = config.threshold if config.threshold is not None else tuned_threshold(path)
         detector = Detector(threshold=threshold, smoothing_s=config.smoothing_s,
                             min_consecutive=config.min_consecutive, refractory_s=config.refractory_s, period_s=period)
-        return cls(model=TFLiteModel(model_path=path), featurizer=featurizer, detector=detector,
-                   stride_frames=config.stride_frames, keep_scores=keep_scores)
+        model = TFLiteModel(model_path=path)
+        return cls(model=model, featurizer=featurizer, detector=detector, stride_frames=config.stride_frames,
+                   keep_scores=keep_scores, logits=outputs_logits(model, read_card(path)))
 
     def reset(self, t0_s: float = 0.0) -> None:
         """Forget all audio; the next sample fed is at audio time ``t0_s``."""
@@ -99,6 +124,8 @@ class KeywordSpotter:
                 continue
             lo = k + 1 - w - base
             p = float(self.model(buf[lo:lo + w][None])[0, 0])
+            if self.logits:
+                p = 0.5 * (1.0 + math.tanh(0.5 * p))  # the sigmoid, without overflow
             self.inferences += 1
             t = self._t0_s + float(self.featurizer.frame_end_s(k))
             if self.keep_scores:
