@@ -108,9 +108,9 @@ def test_shipped_tiny_model_declares_its_quantization():
 def test_logit_output_keeps_resolution_near_one_and_is_read_as_a_probability(tmp_path):
     """A sigmoid-output int8 model has one level for every window scored above 0.996; a logit output
     still ranks them, and the spotter reads it back as the same probability."""
-    from cloud.train.fit import sigmoid, to_tflite
+    from cloud.train.fit import to_tflite
     from cloud.train.models import logits
-    from gate.kws.stage import outputs_logits
+    from gate.kws.stage import outputs_logits, sigmoid
 
     x, model = _small_model(200)
     # Make the model confident: scale the last layer so its logits spread over about +-12.

@@ -11,7 +11,6 @@ from tqdm import tqdm
 def setup_tf(seed: int, threads: int) -> None:
     """Deterministic ops and bounded threads (the machine is shared)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import tensorflow as tf
 
     try:
@@ -19,8 +18,15 @@ def setup_tf(seed: int, threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass  # TensorFlow already ran in this process (e.g. under pytest); its thread pools are fixed now
-    keras.utils.set_random_seed(seed)
+    reseed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def reseed(value: int) -> None:
+    """Python's, numpy's and the backend's generators (setup_tf at the start of a run; per model too)."""
+    import keras
+
+    keras.utils.set_random_seed(int(value))
 
 
 class _Bar:
@@ -93,17 +99,6 @@ def prune(model, *, sparsity: float, x: np.ndarray, y: np.ndarray, epochs: int, 
     zeros = sum(int(np.sum(np.asarray(k.numpy()) == 0)) for k, _ in masks)
     total = sum(int(np.prod(k.shape)) for k, _ in masks)
     return pruned, zeros / max(1, total)
-
-
-def seed(value: int) -> None:
-    """Python, numpy and the backend's generators, as setup_tf seeds them at the start of a run."""
-    import keras
-
-    keras.utils.set_random_seed(int(value))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))).astype(np.float32)
 
 
 def predict(model, x: np.ndarray, batch: int = 512) -> np.ndarray:

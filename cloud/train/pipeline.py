@@ -25,7 +25,7 @@ from cloud.train.recipe import Recipe
 from gate.kws.config import KwsConfig
 from gate.kws.detector import Detector
 from gate.kws.featurize import Featurizer
-from gate.kws.stage import KeywordSpotter
+from gate.kws.stage import KeywordSpotter, sigmoid
 from gate.vocabulary import COMMANDS
 from sensors.synth.tts import Utterance
 
@@ -145,7 +145,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         xv_test = dataset.featurize(test, lm, vspec.window_frames, desc="verifier test features")
         xs, ys = streams.windows("logmel", vspec.window_frames)
         if vspec.seed_per_model:
-            fit.seed(_model_seed(recipe.seed, "verifier"))
+            fit.reseed(_model_seed(recipe.seed, "verifier"))
         t0 = time.process_time()
         verifier, hist, mined = _fit_binary(
             vspec, "verifier", lm.dim, np.concatenate([xv[tr_idx], xs]),
@@ -187,7 +187,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         cv, ct = corder[: len(corder) // 10], corder[len(corder) // 10:]
         cm, cs = _stats(xc[ct])
         if cspec.seed_per_model:
-            fit.seed(_model_seed(recipe.seed, "commands"))
+            fit.reseed(_model_seed(recipe.seed, "commands"))
         t0 = time.process_time()
         cmodel = build(cspec, dim=lm.dim, n_out=len(classes), mean=cm, std=cs, name="commands")
         chist = fit.train(cmodel, xc[ct], cclips.labels[ct], epochs=cspec.epochs, batch=cspec.batch, lr=cspec.lr,
@@ -321,7 +321,7 @@ def _fit_binary(spec, name: str, dim: int, x_tr, y_tr, x_val, y_val, recipe: Rec
 def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Recipe, name,
                 mine_streams) -> tuple[dict, bytes]:
     if tspec.seed_per_model:
-        fit.seed(_model_seed(recipe.seed, name))
+        fit.reseed(_model_seed(recipe.seed, name))
     t0 = time.process_time()
     model, hist, mined = _fit_binary(tspec, name, fz.dim, x_tr, y_tr, x_val, y_val, recipe, mine_streams)
     train_s = time.process_time() - t0
@@ -359,7 +359,7 @@ def _export(model, tspec, rep: np.ndarray):
 
     def predict(content: bytes, x: np.ndarray) -> np.ndarray:
         p = fit.tflite_predict(content, x)[:, 0]
-        return fit.sigmoid(p) if tspec.int8_output == "logit" else p
+        return sigmoid(p).astype(np.float32) if tspec.int8_output == "logit" else p
 
     return f_bytes, q_bytes, predict
 
@@ -464,7 +464,7 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
         dev_scores = [_posteriors(base, s) for s in dev]
         thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour,
                               verifier if ev.tune_for == "cascade" else None, ev.dev_uploads_per_hour,
-                              logit=tiny_cards[name].get("output") == "logit")
+                              logit=KeywordSpotter.from_config(base).logits)
         cfg = base.model_copy(update={"threshold": thr})
         per_scene, tiny_all, ver_all, all_scored = {}, [], [], []
         cpu = 0.0

@@ -9,7 +9,6 @@ audio time of the first sample it will feed, so times stay true across gaps.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,16 @@ def read_card(model_path: str | Path) -> dict:
 
 def tuned_threshold(model_path: str | Path) -> float:
     """The detector threshold the model was tuned to (see its card), or 0.5 for a model without one."""
-    return float(read_card(model_path).get("detector", {}).get("threshold", DEFAULT_THRESHOLD))
+    return _card_threshold(read_card(model_path))
+
+
+def _card_threshold(card: dict) -> float:
+    return float(card.get("detector", {}).get("threshold", DEFAULT_THRESHOLD))
+
+
+def sigmoid(z):
+    """The logistic function, written with tanh so that no logit overflows it (scalars or arrays)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, np.float64)))
 
 
 def outputs_logits(model: TFLiteModel, card: dict) -> bool:
@@ -91,12 +99,13 @@ class KeywordSpotter:
         path = Path(config.model_path) if config.model_path else default_model_path(config.feature_kind)
         featurizer = Featurizer(config.feature_kind, sample_rate)
         period = config.stride_frames * featurizer.period_s
-        threshold = config.threshold if config.threshold is not None else tuned_threshold(path)
+        card = read_card(path)
+        threshold = config.threshold if config.threshold is not None else _card_threshold(card)
         detector = Detector(threshold=threshold, smoothing_s=config.smoothing_s,
                             min_consecutive=config.min_consecutive, refractory_s=config.refractory_s, period_s=period)
         model = TFLiteModel(model_path=path)
         return cls(model=model, featurizer=featurizer, detector=detector, stride_frames=config.stride_frames,
-                   keep_scores=keep_scores, logits=outputs_logits(model, read_card(path)))
+                   keep_scores=keep_scores, logits=outputs_logits(model, card))
 
     def reset(self, t0_s: float = 0.0) -> None:
         """Forget all audio; the next sample fed is at audio time ``t0_s``."""
@@ -125,7 +134,7 @@ class KeywordSpotter:
             lo = k + 1 - w - base
             p = float(self.model(buf[lo:lo + w][None])[0, 0])
             if self.logits:
-                p = 0.5 * (1.0 + math.tanh(0.5 * p))  # the sigmoid, without overflow
+                p = float(sigmoid(p))
             self.inferences += 1
             t = self._t0_s + float(self.featurizer.frame_end_s(k))
             if self.keep_scores:

@@ -47,7 +47,7 @@ from gate.energy import RADIO, EnergyLedger, wire_bytes
 from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OVERHEAD_B, SessionBytes
 from gate.errors import GateError
 from gate.transport.broker import parse_broker_url
-from gate.transport.config import MqttConfig, TlsConfig
+from gate.transport.config import MqttConfig, TlsConfig, uses_tls
 from gate.transport.netutil import set_no_delay
 from gate.transport.spool import Spool, SpoolEntry, SpoolError
 from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, default_client_id, new_id
@@ -195,7 +195,7 @@ class MqttTransport:
                 raise TransportError(f"mqtt.password_file: cannot read {cfg.password_file} ({exc})",
                                      code="mqtt_password_file") from None
         tls = cfg.tls
-        if cfg.broker.startswith("mqtts://") and not tls.enabled:
+        if uses_tls(cfg) and not tls.enabled:
             tls = tls.model_copy(update={"enabled": True})
         return cls(host=host, port=port, node_id=cfg.node_id, topic_prefix=cfg.topic_prefix,
                    spool=spool or Spool.from_config(cfg), ledger=ledger, qos=max(cfg.qos, 1),
