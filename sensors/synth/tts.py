@@ -233,6 +233,7 @@ def render(u: Utterance, *, trim: bool = True) -> np.ndarray:
     if not text:
         raise TTSError("empty text to synthesise", code="text_empty")
     v = u.voice
+    _known(v.engine)
     if v.engine in ("espeak", "mbrola"):
         name = v.name + (f"+{v.variant}" if v.variant else "")
         # Text goes on stdin so a phrase starting with '-' is never taken for an option.
@@ -252,8 +253,8 @@ def render(u: Utterance, *, trim: bool = True) -> np.ndarray:
                 data = f.read()
         finally:
             os.unlink(path)
-    else:
-        raise TTSError(f"unknown TTS engine {v.engine!r}", code="engine_unknown")
+    else:  # pragma: no cover - _known() admits only the engines above
+        raise AssertionError(v.engine)
     if r.returncode != 0 or len(data) <= 44:
         err = r.stderr.decode(errors="replace").strip().splitlines()
         raise TTSError(f"{v.id} failed on {text!r}: {err[0] if err else f'exit {r.returncode}'}")
