@@ -56,3 +56,47 @@ def score(times_s: Sequence[float], spans: Sequence[tuple[float, float]], hours:
 def combine(scores: Sequence[Score]) -> Score:
     return Score(sum(s.keywords for s in scores), sum(s.hits for s in scores),
                  sum(s.false_accepts for s in scores), sum(s.hours for s in scores))
+
+
+def by_voice(times_s: Sequence[float], spans: Sequence[tuple[float, float]], voices: Sequence[str]) -> dict:
+    """Wake phrases and hits per speaking voice (``voices[j]`` says phrase ``j``): where the misses are."""
+    if len(voices) != len(spans):
+        raise ValueError(f"{len(voices)} voices for {len(spans)} wake phrases")
+    hit = np.zeros(len(spans), bool)
+    m = match(times_s, spans)
+    hit[m[m >= 0]] = True
+    out: dict[str, list[int]] = {}
+    for v, h in zip(voices, hit, strict=True):
+        k = out.setdefault(v, [0, 0])
+        k[0] += 1
+        k[1] += int(h)
+    return {v: (k, h) for v, (k, h) in sorted(out.items())}
+
+
+def false_accept_sources(times_s: Sequence[float], spans: Sequence[tuple[float, float]], what_at) -> dict[str, int]:
+    """False accepts counted by what was playing when each fired (``what_at(t)``: speech, confusable, ...)."""
+    out: dict[str, int] = {}
+    for t, j in zip(times_s, match(times_s, spans), strict=True):
+        if j < 0:
+            kind = what_at(t)
+            out[kind] = out.get(kind, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def merge_breakdowns(parts: Sequence[dict]) -> dict:
+    """Sum per-voice (keywords, hits) pairs or per-source counts over scenes."""
+    out: dict = {}
+    for p in parts:
+        for k, v in p.items():
+            if isinstance(v, tuple):
+                a, b = out.get(k, (0, 0))
+                out[k] = (a + v[0], b + v[1])
+            else:
+                out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
+
+
+def voice_table(counts: dict) -> dict:
+    """JSON form of ``by_voice``: keywords, hits and miss rate per voice."""
+    return {v: {"keywords": k, "hits": h, "miss_rate": round(1 - h / k, 4) if k else 0.0}
+            for v, (k, h) in counts.items()}

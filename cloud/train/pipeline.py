@@ -147,7 +147,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         if vspec.seed_per_model:
             fit.reseed(_model_seed(recipe.seed, "verifier"))
         t0 = time.process_time()
-        verifier, hist, mined = _fit_binary(
+        verifier, hist, v_mined = _fit_binary(
             vspec, "verifier", lm.dim, np.concatenate([xv[tr_idx], xs]),
             np.concatenate([clips.labels[tr_idx].astype(np.float32), ys]), xv[val_idx], clips.labels[val_idx],
             recipe, streams.mine_streams("logmel"))
@@ -164,7 +164,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
                  "threshold": recipe.evaluation.verifier_threshold,
                  "accuracy_val_float": fit.binary_accuracy(teacher_p[val_idx], clips.labels[val_idx]),
                  "accuracy_test_float": fit.binary_accuracy(v_test_p, test.labels),
-                 "stream_windows": int(ys.size), "stream_positives": int(ys.sum()), "mined_negatives": mined,
+                 "stream_windows": int(ys.size), "stream_positives": int(ys.sum()), "mined_negatives": len(v_mined),
                  "train_cpu_s": round(time.process_time() - t0, 1), "history": _last(hist)}
         (out / "verifier.json").write_text(json.dumps({"phrase": recipe.phrase, **vcard}, indent=2) + "\n")
         del xv
@@ -300,14 +300,14 @@ def _scene(recipe: Recipe, kind: str, renders: list[corpus.Render], minutes: flo
 
 def _fit_binary(spec, name: str, dim: int, x_tr, y_tr, x_val, y_val, recipe: Recipe, mine_streams):
     """Train on clips and stream windows; then add the negatives this model gets most wrong on fresh
-    streams and fine-tune (hard-negative mining). Returns the model, its history and the mined count."""
+    streams and fine-tune (hard-negative mining). Returns the model, its history and the mined windows."""
     mean, std = _stats(x_tr)
     model = build(spec, dim=dim, n_out=1, mean=mean, std=std, name=name)
     hist = fit.train(model, x_tr, y_tr, epochs=spec.epochs, batch=spec.batch, lr=spec.lr, seed=recipe.seed,
                      x_val=x_val, y_val=np.asarray(y_val, np.float32), desc=name)
     ss = recipe.streams
     if not mine_streams or ss.mine_epochs == 0 or ss.mine_limit == 0:
-        return model, hist, 0
+        return model, hist, np.zeros((0, *x_tr.shape[1:]), np.float32)
     hard = dataset.mine(lambda w: fit.predict(model, w), mine_streams, spec.window_frames, stride=3,
                         threshold=ss.mine_threshold, limit=ss.mine_limit)
     log.info("%s: %d hard negatives mined", name, len(hard))
@@ -315,7 +315,7 @@ def _fit_binary(spec, name: str, dim: int, x_tr, y_tr, x_val, y_val, recipe: Rec
         hist = fit.train(model, np.concatenate([x_tr, hard]), np.concatenate([y_tr, np.zeros(len(hard), np.float32)]),
                          epochs=ss.mine_epochs, batch=spec.batch, lr=spec.lr / 3, seed=recipe.seed, x_val=x_val,
                          y_val=np.asarray(y_val, np.float32), desc=f"{name} +mined")
-    return model, hist, int(len(hard))
+    return model, hist, hard
 
 
 def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Recipe, name,
@@ -323,7 +323,7 @@ def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Rec
     if tspec.seed_per_model:
         fit.reseed(_model_seed(recipe.seed, name))
     t0 = time.process_time()
-    model, hist, mined = _fit_binary(tspec, name, fz.dim, x_tr, y_tr, x_val, y_val, recipe, mine_streams)
+    model, hist, hard = _fit_binary(tspec, name, fz.dim, x_tr, y_tr, x_val, y_val, recipe, mine_streams)
     train_s = time.process_time() - t0
     rep = x_tr[_rng(recipe.seed, "rep").permutation(len(x_tr))[:500]]
     f_bytes, q_bytes, predict = _export(model, tspec, rep)
@@ -332,7 +332,7 @@ def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Rec
     card = {"model": name, "feature_kind": fz.kind, "features": fz.spec(), "window_frames": tspec.window_frames,
             "params": k.params, "macs": k.macs, "size_bytes_int8": len(q_bytes), "size_bytes_float": len(f_bytes),
             "output": tspec.int8_output, "seed_per_model": tspec.seed_per_model,
-            "mined_negatives": mined,
+            "mined_negatives": len(hard),
             "accuracy_val_float": fit.binary_accuracy(fit.predict(model, x_val)[:, 0], y_val),
             "accuracy_val_int8": fit.binary_accuracy(pqv, y_val),
             "accuracy_test_float": fit.binary_accuracy(pf, y_test),
@@ -342,7 +342,13 @@ def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Rec
             "int8_float_max_abs_diff_test": float(np.max(np.abs(pf - pq))) if pf.size else 0.0,
             "train_cpu_s": round(train_s, 1), "history": _last(hist)}
     if tspec.prune_sparsity > 0:
+        if tspec.seed_per_model and len(hard):
+            # The pruned copy is fine-tuned on what the model was, mined negatives included. Only with per-model
+            # seeds: more batches here would move the global generator, and the next tiny model with it, so the
+            # shipped models (trained without per-model seeds) could not be rebuilt.
+            x_tr, y_tr = np.concatenate([x_tr, hard]), np.concatenate([y_tr, np.zeros(len(hard), np.float32)])
         card["pruned"] = _pruned(model, tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, rep, q_bytes, recipe, name)
+        card["pruned"]["mined_negatives"] = len(hard) if tspec.seed_per_model else 0
     return card, q_bytes
 
 
@@ -467,6 +473,8 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
                               logit=KeywordSpotter.from_config(base).logits)
         cfg = base.model_copy(update={"threshold": thr})
         per_scene, tiny_all, ver_all, all_scored = {}, [], [], []
+        voices: dict[str, list] = {"tiny": [], "tiny+verifier": []}
+        sources: dict[str, list] = {"tiny": [], "tiny+verifier": []}
         cpu = 0.0
         for s in tests:
             t0 = time.process_time()
@@ -480,10 +488,18 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
             per_scene[s.name] = {"tiny": tiny.as_dict(), "tiny+verifier": ver.as_dict()}
             tiny_all.append(tiny)
             ver_all.append(ver)
+            for how, ts in (("tiny", times), ("tiny+verifier", kept)):
+                voices[how].append(metrics.by_voice(ts, s.keywords, s.keyword_voices))
+                sources[how].append(metrics.false_accept_sources(ts, s.keywords, s.what_at))
         hours = sum(s.hours for s in tests)
         result[name] = {"threshold": thr, "tuned_for": ev.tune_for, "scenes": per_scene,
                         "tiny": metrics.combine(tiny_all).as_dict(),
                         "tiny+verifier": metrics.combine(ver_all).as_dict(),
+                        # Where the misses and false accepts are, at the tuned threshold: per held-out voice, and
+                        # by what was playing when a false accept fired.
+                        "misses_by_voice": {h: metrics.voice_table(metrics.merge_breakdowns(v))
+                                            for h, v in voices.items()},
+                        "false_accepts_by_source": {h: metrics.merge_breakdowns(v) for h, v in sources.items()},
                         "kws_cpu_s_per_audio_hour_ungated": round(cpu / hours, 1),
                         "curve": _curve(base, tests, all_scored, verifier)}
     return result
@@ -495,14 +511,17 @@ def _curve(cfg: KwsConfig, tests: list, scored: list, verifier) -> list[dict]:
     out = []
     for thr in CURVE:
         c = cfg.model_copy(update={"threshold": thr})
-        tiny, ver = [], []
+        tiny, ver, voices = [], [], []
         for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
             times = _detect(c, sc)
             tiny.append(metrics.score(times, s.keywords, s.hours))
             ver.append(metrics.score([t for t in times if passes(i, t)], s.keywords, s.hours))
+            voices.append(metrics.by_voice(times, s.keywords, s.keyword_voices))
         a, b = metrics.combine(tiny), metrics.combine(ver)
+        by_voice = {v: m["miss_rate"] for v, m in metrics.voice_table(metrics.merge_breakdowns(voices)).items()}
         out.append({"threshold": thr, "miss_rate": round(a.miss_rate, 4), "fa_per_hour": round(a.fa_per_hour, 3),
-                    "verified_miss_rate": round(b.miss_rate, 4), "verified_fa_per_hour": round(b.fa_per_hour, 3)})
+                    "verified_miss_rate": round(b.miss_rate, 4), "verified_fa_per_hour": round(b.fa_per_hour, 3),
+                    "miss_rate_by_voice": by_voice})
     return out
 
 
