@@ -92,7 +92,7 @@ def node_energy_mj_per_hour(kind: str, inferences: int, awake_s: float, hours: f
     """KWS compute plus (for log-mel) the ADC path while awake, per audio hour, on the MCU profile above."""
     macs = read_card(default_model_path(kind)).get("macs", 0)
     compute = inferences * macs * NJ_PER_MAC * 1e-6
-    adc = ADC_MW * awake_s if kind == "logmel" else 0.0
+    adc = ADC_MW * awake_s if kind != "analog_envelopes" else 0.0  # mel kinds need the ADC
     return {"kws_compute_mj_per_h": round(compute / hours, 2), "adc_mj_per_h": round(adc / hours, 2),
             "total_mj_per_h": round((compute + adc) / hours, 2)}
 

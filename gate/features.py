@@ -133,3 +133,55 @@ def _as_float(samples: np.ndarray) -> np.ndarray:
     if np.issubdtype(x.dtype, np.floating):
         return x.astype(np.float32, copy=False)
     raise TypeError(f"features expect int16 or float samples, got {x.dtype}")
+
+
+@dataclass(frozen=True, slots=True)
+class PcenSpec:
+    """Per-channel energy normalisation (Wang et al., 2017, "Trainable frontend for robust and far-field
+    keyword spotting"), fixed rather than trained: each mel band's energy is divided by a slow smoother
+    of itself (automatic gain control), then compressed. A steady noise floor and the talker's distance
+    mostly divide out; onsets stand out. ``smooth`` is per frame (0.025 at a 10 ms hop: about 0.4 s)."""
+
+    smooth: float = 0.025
+    alpha: float = 0.98
+    delta: float = 2.0
+    root: float = 0.5
+    eps: float = 1e-6
+
+    def as_dict(self) -> dict:
+        return {"smooth": self.smooth, "alpha": self.alpha, "delta": self.delta, "root": self.root, "eps": self.eps}
+
+
+class Pcen:
+    """Streaming PCEN of log-mel frames: the smoother's state carries over between pushes, so frame by
+    frame equals batch. A fresh state starts the smoother at the first frame's energy (no warm-up ramp)."""
+
+    def __init__(self, spec: PcenSpec | None = None) -> None:
+        self.spec = spec or PcenSpec()
+        if not 0.0 < self.spec.smooth <= 1.0:
+            raise ValueError(f"PCEN smooth must be in (0, 1], got {self.spec.smooth}")
+        self.reset()
+
+    def reset(self) -> None:
+        self._m: np.ndarray | None = None
+
+    def push(self, logmel: np.ndarray) -> np.ndarray:
+        """(k, n_mels) log-mel frames -> (k, n_mels) PCEN frames, float32."""
+        e = np.exp(np.asarray(logmel, np.float64))
+        out = np.empty_like(e)
+        s, sp = self.spec, 1.0 - self.spec.smooth
+        m = self._m
+        for i in range(e.shape[0]):  # one frame at a time, as the node does: batch cannot round differently
+            m = e[i].copy() if m is None else sp * m + s.smooth * e[i]
+            out[i] = (e[i] / (s.eps + m) ** s.alpha + s.delta) ** s.root - s.delta ** s.root
+        self._m = m
+        return out.astype(np.float32)
+
+    def compute(self, logmel: np.ndarray) -> np.ndarray:
+        """A whole clip from a fresh state; does not disturb a stream in progress."""
+        keep = self._m
+        self._m = None
+        try:
+            return self.push(logmel)
+        finally:
+            self._m = keep

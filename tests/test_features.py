@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.signal
 
-from gate.features import LogMel, LogMelSpec, hz_to_mel, mel_matrix, mel_to_hz
+from gate.features import LogMel, LogMelSpec, Pcen, PcenSpec, hz_to_mel, mel_matrix, mel_to_hz
 from gate.kws.featurize import Featurizer
 
 
@@ -86,7 +87,7 @@ def test_cross_check_with_librosa_when_available():
     assert LogMel(spec).compute(x).shape[1] == ref.shape[0]
 
 
-@pytest.mark.parametrize("kind", ["logmel", "analog_envelopes"])
+@pytest.mark.parametrize("kind", ["logmel", "analog_envelopes", "pcen"])
 def test_featurizer_streaming_equals_batch(kind):
     x = _signal(1.5)
     fz = Featurizer(kind)
@@ -96,3 +97,37 @@ def test_featurizer_streaming_equals_batch(kind):
     np.testing.assert_allclose(np.concatenate(parts), batch, rtol=0, atol=1e-5)
     ends = fz.frame_end_s(np.arange(batch.shape[0]))
     assert np.all(np.diff(ends) > 0) and ends[-1] <= x.size / 16000 + 1e-9
+
+
+def test_pcen_streaming_is_bit_exact_and_matches_librosa():
+    librosa = pytest.importorskip("librosa")
+    lm = LogMel().compute(_signal(1.5))
+    spec = PcenSpec()
+    batch = Pcen(spec).compute(lm)
+    p = Pcen(spec)
+    parts = np.concatenate([p.push(lm[i:i + 7]) for i in range(0, lm.shape[0], 7)])
+    assert np.array_equal(parts, batch)  # the node's frame-by-frame features are the training's
+    e = np.exp(lm.astype(np.float64)).T
+    zi = scipy.signal.lfilter_zi([spec.smooth], [1, spec.smooth - 1]) * e[:, :1]  # smoother starts at frame 0
+    ref = librosa.pcen(e, b=spec.smooth, gain=spec.alpha, bias=spec.delta, power=spec.root, eps=spec.eps,
+                       zi=zi, axis=-1)
+    np.testing.assert_allclose(batch, ref.T, rtol=1e-4, atol=1e-5)
+
+
+def test_pcen_divides_out_the_level_that_log_mel_keeps():
+    x = _signal(2.0).astype(np.float32) / 32768.0
+    near, far = LogMel().compute(x), LogMel().compute(x * 0.1)  # 20 dB further away
+    tail = slice(100, None)  # after the smoother has settled
+    assert np.median(np.abs(near - far)[tail]) > 4.0  # log(100): a plain offset
+    pn, pf = Pcen().compute(near), Pcen().compute(far)
+    assert np.median(np.abs(pn - pf)[tail]) < 0.1 * np.median(np.abs(pn[tail]))
+
+
+def test_pcen_compute_leaves_a_stream_in_progress_alone():
+    lm = LogMel().compute(_signal(1.0))
+    p = Pcen()
+    first = p.push(lm[:50])
+    p.compute(lm)
+    np.testing.assert_array_equal(np.concatenate([first, p.push(lm[50:])]), Pcen().compute(lm))
+    with pytest.raises(ValueError, match="smooth"):
+        Pcen(PcenSpec(smooth=0.0))

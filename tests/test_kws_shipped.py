@@ -104,3 +104,16 @@ def test_a_corrupt_card_beside_a_model_is_a_clear_error(tmp_path):
     # The shipped model outputs a probability (int8 over [0, 1]): read as is.
     kws = KeywordSpotter.from_config(_config())
     assert not kws.logits and not outputs_logits(kws.model, read_card(default_model_path("logmel")))
+
+
+def test_features_the_model_was_not_trained_on_are_refused():
+    from gate.kws.interpreter import ModelError
+
+    # log-mel and PCEN frames are both 40 wide: the card is what tells them apart.
+    logmel = str(default_model_path("logmel"))
+    with pytest.raises(ModelError, match=r"trained on 'logmel' features but kws.feature_kind is 'pcen'") as err:
+        KeywordSpotter.from_config(KwsConfig(model_path=logmel, feature_kind="pcen"))
+    assert err.value.code == "model_mismatch"
+    if not default_model_path("pcen").is_file():
+        with pytest.raises(ModelError, match=r"no shipped model for feature_kind 'pcen'.*set kws.model_path"):
+            KeywordSpotter.from_config(KwsConfig(feature_kind="pcen"))

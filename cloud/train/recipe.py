@@ -155,7 +155,7 @@ class Recipe(Strict):
     commands: ModelSpec
     streams: StreamSpec = Field(default_factory=StreamSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
-    feature_kinds: list[Literal["logmel", "analog_envelopes"]] = Field(["logmel", "analog_envelopes"])
+    feature_kinds: list[Literal["logmel", "analog_envelopes", "pcen"]] = Field(["logmel", "analog_envelopes"])
     evaluation: EvalSpec = Field(default_factory=EvalSpec)
     cpu_watts: float = Field(
         7.5, gt=0.0, le=500.0, description="Power charged per busy CPU core for the training energy figure, W")

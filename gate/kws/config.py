@@ -14,9 +14,10 @@ class KwsConfig(Strict):
 
     model_path: str | None = Field(
         None, description="int8 .tflite model; null = the shipped default for feature_kind (gate/models/)")
-    feature_kind: Literal["logmel", "analog_envelopes"] = Field(
-        "logmel", description="Model input: 40-band log-mel from the 16 kHz ADC, or the analog front end's "
-                              "channel envelopes (no ADC needed)")
+    feature_kind: Literal["logmel", "analog_envelopes", "pcen"] = Field(
+        "logmel", description="Model input: 40-band log-mel from the 16 kHz ADC, the same with per-channel "
+                              "energy normalisation (pcen; no shipped model, set model_path), or the analog "
+                              "front end's channel envelopes (no ADC needed)")
     threshold: float | None = Field(
         None, gt=0.0, lt=1.0,
         description="Smoothed posterior at or above which an inference counts as a hit; null = the value "

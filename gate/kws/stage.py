@@ -97,9 +97,17 @@ class KeywordSpotter:
     @classmethod
     def from_config(cls, config: KwsConfig, sample_rate: int = 16_000, *, keep_scores: bool = False) -> KeywordSpotter:
         path = Path(config.model_path) if config.model_path else default_model_path(config.feature_kind)
+        if not config.model_path and not path.is_file():
+            raise ModelError(f"{path}: no shipped model for feature_kind {config.feature_kind!r}; train one "
+                             "(gate-cloud train) and set kws.model_path", code="model_missing")
         featurizer = Featurizer(config.feature_kind, sample_rate)
         period = config.stride_frames * featurizer.period_s
         card = read_card(path)
+        trained_on = card.get("feature_kind")
+        if trained_on is not None and trained_on != config.feature_kind:
+            # log-mel and PCEN frames have the same width: only the card can tell them apart.
+            raise ModelError(f"{path}: trained on {trained_on!r} features but kws.feature_kind is "
+                             f"{config.feature_kind!r}", code="model_mismatch")
         threshold = config.threshold if config.threshold is not None else _card_threshold(card)
         detector = Detector(threshold=threshold, smoothing_s=config.smoothing_s,
                             min_consecutive=config.min_consecutive, refractory_s=config.refractory_s, period_s=period)
