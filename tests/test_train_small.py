@@ -65,7 +65,16 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert [c["threshold"] for c in curve][-3:] == [0.995, 0.999, 0.9999]
     misses = [c["miss_rate"] for c in curve]
     assert misses == sorted(misses) and misses[0] < 1.0
-    assert np.isfinite(card["evaluation"]["tiny_logmel"]["tiny"]["fa_per_hour"])
+    ev = card["evaluation"]["tiny_logmel"]
+    assert np.isfinite(ev["tiny"]["fa_per_hour"])
+    # The breakdown accounts for every phrase and false accept, by the held-out voice and by what was playing.
+    by_voice = ev["misses_by_voice"]["tiny"]
+    assert list(by_voice) == ["espeak:en-gb-x-gbcwmd"]
+    assert by_voice["espeak:en-gb-x-gbcwmd"]["keywords"] == ev["tiny"]["keywords"]
+    assert by_voice["espeak:en-gb-x-gbcwmd"]["hits"] == ev["tiny"]["hits"]
+    assert sum(ev["false_accepts_by_source"]["tiny"].values()) == ev["tiny"]["false_accepts"]
+    assert sum(ev["false_accepts_by_source"]["tiny+verifier"].values()) == ev["tiny+verifier"]["false_accepts"]
+    assert all(set(c["miss_rate_by_voice"]) == {"espeak:en-gb-x-gbcwmd"} for c in curve)
     # Accented speakers took part; the pruned copy is reported (half its kernel weights zero, so it
     # compresses smaller than the dense model), not shipped.
     assert card["data"]["accents"]["voices"] == ["espeak:de: hey dscharvis"]
@@ -73,3 +82,5 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert 0.45 <= pruned["sparsity"] <= 0.55, pruned
     assert pruned["size_bytes_int8_zlib"] < pruned["unpruned_size_bytes_int8_zlib"], pruned
     assert 0.0 <= pruned["accuracy_test_int8"] <= 1.0 and pruned["shipped"] is False
+    # With per-model seeds the pruned copy is fine-tuned on the mined negatives too.
+    assert pruned["mined_negatives"] == tiny["mined_negatives"]
