@@ -75,6 +75,11 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert sum(ev["false_accepts_by_source"]["tiny"].values()) == ev["tiny"]["false_accepts"]
     assert sum(ev["false_accepts_by_source"]["tiny+verifier"].values()) == ev["tiny+verifier"]["false_accepts"]
     assert all(set(c["miss_rate_by_voice"]) == {"espeak:en-gb-x-gbcwmd"} for c in curve)
+    # Every verified hit's command was read by the run's own recogniser, and each reading was sorted.
+    cmd = ev["commands_after_detection"]
+    assert cmd["detected_phrases"] == ev["tiny+verifier"]["hits"]
+    assert cmd["correct"] + cmd["unrecognised"] + cmd["wrong"] == cmd["detected_phrases"]
+    assert card["models"]["commands"]["clip_s"] == 1.6
     # Accented speakers took part; the pruned copy is reported (half its kernel weights zero, so it
     # compresses smaller than the dense model), not shipped.
     assert card["data"]["accents"]["voices"] == ["espeak:de: hey dscharvis"]

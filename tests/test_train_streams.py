@@ -142,3 +142,23 @@ def test_no_perturbation_draws_nothing_when_disabled():
     x = np.ones(100, np.float32)
     assert dataset.perturb(x, rng, AugmentSpec(speed_prob=0.0)) is x
     assert rng.random() == np.random.default_rng(0).random()
+
+
+@pytest.mark.parametrize("start", [-0.2, 0.0, 0.25])
+def test_command_clips_start_where_asked_and_a_late_fire_cuts_the_command(monkeypatch, start):
+    from cloud.train.recipe import AugmentSpec
+
+    monkeypatch.setattr(dataset, "_dress", lambda x, *a, **k: x)  # placement only: no noise, reverb or gain
+    speech = np.arange(1, 8001, dtype=np.float32)  # 0.5 s, every sample distinct
+    r = Render("c", "test:voice", "command:on", speech)
+    clips = dataset.command_clips([r], ["on", "_unknown", "_silence"], clip_s=1.0, aug=AugmentSpec(copies=1),
+                                  rng=np.random.default_rng(0), babble_pool=[], noise_only=0, start_s=(start, start))
+    x = clips.audio[0]
+    assert x.size == SR and clips.labels[0] == 0
+    at = int(start * SR)
+    if at < 0:  # the window opened after the command began: its first 0.2 s are gone
+        np.testing.assert_array_equal(x[: speech.size + at], speech[-at:])
+        assert not x[speech.size + at:].any()
+    else:
+        assert not x[:at].any()
+        np.testing.assert_array_equal(x[at:at + speech.size], speech)

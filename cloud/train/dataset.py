@@ -101,8 +101,9 @@ def wake_clips(renders: Sequence[Render], *, clip_s: float, aug: AugmentSpec, rn
 
 def command_clips(renders: Sequence[Render], class_names: Sequence[str], *, clip_s: float, aug: AugmentSpec,
                   rng: np.random.Generator, babble_pool: Sequence[np.ndarray], noise_only: int,
-                  desc: str = "command clips") -> Clips:
-    """Command after the wake word: the utterance starts 0-0.3 s into the clip. Last classes: unknown, silence."""
+                  desc: str = "command clips", start_s: tuple[float, float] = (0.0, 0.3)) -> Clips:
+    """Command after the wake word: the utterance starts ``start_s`` into the clip (a negative start cuts
+    its beginning off, as when the node fires after the command began). Last classes: unknown, silence."""
     n = int(round(clip_s * SR))
     index = {c: i for i, c in enumerate(class_names)}
     unknown, silence = index["_unknown"], index["_silence"]
@@ -111,9 +112,9 @@ def command_clips(renders: Sequence[Render], class_names: Sequence[str], *, clip
         label = index.get(r.kind.removeprefix("command:"), unknown) if r.kind.startswith("command:") else unknown
         copies = aug.copies
         for _ in range(copies):
-            start = int(rng.uniform(0.0, 0.3) * SR)
-            xs.append(_dress(_place(r.audio[: n - start], n, start + min(r.audio.size, n - start)), rng, aug,
-                             babble_pool))
+            start = int(rng.uniform(*start_s) * SR)
+            x = r.audio[max(0, -start):][: n - max(0, start)]
+            xs.append(_dress(_place(x, n, max(0, start) + x.size), rng, aug, babble_pool))
             ys.append(label)
             kinds.append(r.kind)
     for _ in range(noise_only):

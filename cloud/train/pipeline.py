@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import pickle
 import time
 import zlib
@@ -26,6 +27,7 @@ from gate.kws.config import KwsConfig
 from gate.kws.detector import Detector
 from gate.kws.featurize import Featurizer
 from gate.kws.stage import KeywordSpotter, sigmoid
+from gate.segmenter import SegmenterConfig
 from gate.vocabulary import COMMANDS
 from sensors.synth.tts import Utterance
 
@@ -176,11 +178,14 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         classes = [cmd.name for cmd in COMMANDS] + ["_unknown", "_silence"]
         # Every other utterance is an "_unknown" example: in use, most speech after a false wake is not a command.
         cmd_r = [r for r in train_r if r.kind.startswith("command:") or r.kind in ("speech", "confusable")]
-        cclips = dataset.command_clips(cmd_r, classes, clip_s=1.6, aug=recipe.augment, rng=_rng(recipe.seed, "cmd"),
-                                       babble_pool=babble, noise_only=max(50, len(cmd_r) // 10))
+        # Clips just long enough for the window, in tenths of a second (1.6 s for 158 frames).
+        clip_s = math.ceil(((cspec.window_frames - 1) * lm.hop + lm.frame_end_s(0) * SR) / SR * 10 - 1e-9) / 10
+        cclips = dataset.command_clips(cmd_r, classes, clip_s=clip_s, aug=recipe.augment, rng=_rng(recipe.seed, "cmd"),
+                                       babble_pool=babble, noise_only=max(50, len(cmd_r) // 10), start_s=cspec.start_s)
         ctest = dataset.command_clips([r for r in eval_r if r.kind.startswith("command:") or r.kind == "speech"],
-                                      classes, clip_s=1.6, aug=recipe.augment, rng=_rng(recipe.seed, "cmdtest"),
-                                      babble_pool=eval_babble, noise_only=30, desc="command test clips")
+                                      classes, clip_s=clip_s, aug=recipe.augment, rng=_rng(recipe.seed, "cmdtest"),
+                                      babble_pool=eval_babble, noise_only=30, desc="command test clips",
+                                      start_s=cspec.start_s)
         xc = dataset.featurize(cclips, lm, cspec.window_frames, desc="command features")
         xc_test = dataset.featurize(ctest, lm, cspec.window_frames, desc="command test features")
         corder = _rng(recipe.seed, "csplit").permutation(len(cclips))
@@ -197,7 +202,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         ccost = cost(cmodel)
         ccard = {"model": "commands", "feature_kind": "logmel", "features": lm.spec(), "classes": classes,
                  "window_frames": cspec.window_frames, "params": ccost.params, "macs": ccost.macs,
-                 "size_bytes": len(c_bytes), "dtype": "float32",
+                 "size_bytes": len(c_bytes), "dtype": "float32", "clip_s": clip_s, "start_s": list(cspec.start_s),
                  "accuracy_val_float": fit.class_accuracy(fit.predict(cmodel, xc[cv]), cclips.labels[cv]),
                  "accuracy_test_float": fit.class_accuracy(fit.tflite_predict(c_bytes, xc_test), ctest.labels),
                  "train_cpu_s": round(time.process_time() - t0, 1), "history": _last(chist)}
@@ -448,6 +453,7 @@ class _StreamFeatures:
 
 def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r, opts: Options) -> dict:
     """Detector threshold chosen on dev scenes (training voices), then scored on held-out-voice scenes."""
+    from cloud.commands import CommandRecognizer
     from cloud.verifier import Verifier
 
     ev = recipe.evaluation
@@ -462,6 +468,8 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
     tests = build_eval_scenes(recipe, eval_r, minutes)
     own = out / "verifier.tflite"
     verifier = Verifier(threshold=ev.verifier_threshold, **({"model_path": own} if own.is_file() else {}))
+    own = out / "commands.tflite"
+    recogniser = CommandRecognizer(**({"model_path": own} if own.is_file() else {}))
     result: dict = {"scene_minutes": minutes, "scenes": ev.scenes,
                     "note": "scenes built by cloud/train/scenes.py from held-out voices (eval_voices)"}
     for name in tiny_cards:
@@ -472,7 +480,7 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
                               verifier if ev.tune_for == "cascade" else None, ev.dev_uploads_per_hour,
                               logit=KeywordSpotter.from_config(base).logits)
         cfg = base.model_copy(update={"threshold": thr})
-        per_scene, tiny_all, ver_all, all_scored = {}, [], [], []
+        per_scene, tiny_all, ver_all, all_scored, all_kept = {}, [], [], [], []
         voices: dict[str, list] = {"tiny": [], "tiny+verifier": []}
         sources: dict[str, list] = {"tiny": [], "tiny+verifier": []}
         cpu = 0.0
@@ -485,6 +493,7 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
             tiny = metrics.score(times, s.keywords, s.hours)
             kept = [t for t in times if verified(verifier, s.audio, t)]
             ver = metrics.score(kept, s.keywords, s.hours)
+            all_kept.append(kept)
             per_scene[s.name] = {"tiny": tiny.as_dict(), "tiny+verifier": ver.as_dict()}
             tiny_all.append(tiny)
             ver_all.append(ver)
@@ -500,6 +509,7 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
                         "misses_by_voice": {h: metrics.voice_table(metrics.merge_breakdowns(v))
                                             for h, v in voices.items()},
                         "false_accepts_by_source": {h: metrics.merge_breakdowns(v) for h, v in sources.items()},
+                        "commands_after_detection": command_accuracy(recogniser, tests, all_kept),
                         "kws_cpu_s_per_audio_hour_ungated": round(cpu / hours, 1),
                         "curve": _curve(base, tests, all_scored, verifier)}
     return result
@@ -532,6 +542,25 @@ def _verdicts(verifier, scenes_: list):
         return verified(verifier, scenes_[i].audio, t)
 
     return passes
+
+
+def command_accuracy(recogniser, scenes_: list, detections: list) -> dict:
+    """What the cloud makes of the command said after each detected wake phrase: the segment as the node
+    sends it (pre-roll and phrase before the fire, the command window after), read from the fire time."""
+    after = SegmenterConfig().command_window_s
+    n = correct = unrecognised = 0
+    for s, times in zip(scenes_, detections, strict=True):
+        for t, j in zip(times, metrics.match(times, s.keywords), strict=True):
+            if j < 0:
+                continue
+            a = max(0, int((t - 2.5) * SR))
+            got = recogniser.recognise(s.audio[a:int((t + after) * SR)], t - a / SR).name
+            n += 1
+            correct += got == s.keyword_commands[j]
+            unrecognised += got is None
+    return {"detected_phrases": n, "correct": correct, "accuracy": round(correct / n, 4) if n else None,
+            "unrecognised": unrecognised, "wrong": n - correct - unrecognised,
+            "note": "verified detections; the command recogniser reads from the fire time"}
 
 
 def verified(verifier, audio: np.ndarray, t: float) -> bool:

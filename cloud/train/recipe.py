@@ -92,6 +92,22 @@ class ModelSpec(Strict):
                            "same whichever other models the run trains (--only)")
 
 
+class CommandSpec(ModelSpec):
+    """The command recogniser: it reads ``window_frames`` from the node's fire time, and the command starts
+    somewhere in there (the pause after the phrase, less the detector's delay)."""
+
+    start_s: tuple[float, float] = Field(
+        (0.0, 0.3), description="Range of where the command starts in a training clip, s from the window's start "
+                                "(the fire time); below 0 the fire came after the command began and its start is cut")
+
+    @field_validator("start_s")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not -0.5 <= v[0] <= v[1] <= 1.5:
+            raise ValueError(f"start_s {list(v)}: need -0.5 <= low <= high <= 1.5 s")
+        return v
+
+
 class StreamSpec(Strict):
     """Long training streams built like the evaluation scenes, spoken by training voices only.
 
@@ -152,7 +168,7 @@ class Recipe(Strict):
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
     tiny: ModelSpec
     verifier: ModelSpec
-    commands: ModelSpec
+    commands: CommandSpec
     streams: StreamSpec = Field(default_factory=StreamSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     feature_kinds: list[Literal["logmel", "analog_envelopes", "pcen"]] = Field(["logmel", "analog_envelopes"])

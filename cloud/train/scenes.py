@@ -33,6 +33,7 @@ class Scene:
     keywords: list[tuple[float, float]]   # (start_s, end_s) of each wake phrase
     events: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, start_s, end_s) of every render
     keyword_voices: list[str] = field(default_factory=list)  # who says each wake phrase
+    keyword_commands: list[str] = field(default_factory=list)  # the command said after each wake phrase
 
     def what_at(self, t: float) -> str:
         """The kind of the last render that started at or before ``t`` and ended within 1 s before it."""
@@ -77,6 +78,7 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
 
     keywords: list[tuple[float, float]] = []
     voices: list[str] = []
+    said: list[str] = []
     grid = np.arange(5, int(minutes * 60) - 10, 8)
     n_kw = min(grid.size, max(1, int(round(keywords_per_hour * minutes / 60))))
     slots = np.sort(rng.choice(grid, size=n_kw, replace=False))
@@ -86,8 +88,9 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
         a, b = put(kw.audio, int(s * SR), "positive")
         keywords.append((a / SR, b / SR))
         voices.append(kw.voice_id)
-        cmd = commands[int(rng.integers(len(commands)))].audio
-        put(cmd, b + int(rng.uniform(0.2, 0.6) * SR), "command")
+        cmd = commands[int(rng.integers(len(commands)))]
+        said.append(cmd.kind.removeprefix("command:"))
+        put(cmd.audio, b + int(rng.uniform(0.2, 0.6) * SR), "command")
         busy[max(0, s - 1):s + 6] = True
     # Near-misses sit in free 8 s slots, like the wake phrases, so that each is heard clearly.
     free = [sec for sec in range(5, int(minutes * 60) - 10, 8) if not busy[max(0, sec - 1):sec + 6].any()]
@@ -107,4 +110,4 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
         a, b = put(r, int(t * SR), "speech")
         t = b / SR
     return Scene(name, np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), keywords,
-                 sorted(events, key=lambda e: e[1]), voices)
+                 sorted(events, key=lambda e: e[1]), voices, said)
