@@ -79,6 +79,7 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     cmd = ev["commands_after_detection"]
     assert cmd["detected_phrases"] == ev["tiny+verifier"]["hits"]
     assert cmd["correct"] + cmd["unrecognised"] + cmd["wrong"] == cmd["detected_phrases"]
+    assert sum(v["detected_phrases"] for v in cmd["scenes"].values()) == cmd["detected_phrases"]
     assert card["models"]["commands"]["clip_s"] == 1.6
     # Accented speakers took part; the pruned copy is reported (half its kernel weights zero, so it
     # compresses smaller than the dense model), not shipped.

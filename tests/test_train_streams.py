@@ -162,3 +162,18 @@ def test_command_clips_start_where_asked_and_a_late_fire_cuts_the_command(monkey
     else:
         assert not x[:at].any()
         np.testing.assert_array_equal(x[at:at + speech.size], speech)
+
+
+def test_command_windows_read_from_the_fire_time_with_the_command_said():
+    s = _scene(seed=4, minutes=3.0)
+    assert s.keyword_commands and set(s.keyword_commands) == {"lights_on"}
+    classes = ["lights_on", "_unknown", "_silence"]
+    w = dataset.command_windows(s, classes, clip_s=1.0, rng=np.random.default_rng(0), delay_s=(0.1, 0.1))
+    k = len(s.keywords)
+    assert w.audio.shape[1] == SR and list(w.labels[:k]) == [0] * k and set(w.labels[k:]) <= {1}
+    assert 0 < len(w) - k <= k  # as many other-talk windows as commands at most
+    end = s.keywords[0][1]
+    a = int((end + 0.1) * SR)
+    np.testing.assert_allclose(w.audio[0], s.audio[a:a + SR] / 32768.0)
+    both = dataset.concat([w, w])
+    assert len(both) == 2 * len(w) and both.kinds[:k] == w.kinds[:k]

@@ -124,6 +124,38 @@ def command_clips(renders: Sequence[Render], class_names: Sequence[str], *, clip
     return Clips(np.stack(xs), np.asarray(ys, np.int64), kinds)
 
 
+def command_windows(scene, class_names: Sequence[str], *, clip_s: float, rng: np.random.Generator,
+                    delay_s: tuple[float, float] = (0.05, 0.35)) -> Clips:
+    """Command windows as the cloud reads them in a scene: from the node's fire time (the phrase's end plus
+    the detector's delay) on, labelled with the command said; and as many from around the start of other
+    talk, labelled unknown. Same rooms, levels and reverb as the scene, so the recogniser meets them in training."""
+    n = int(round(clip_s * SR))
+    index = {c: i for i, c in enumerate(class_names)}
+    audio = scene.audio.astype(np.float32) / 32768.0
+
+    def cut(t: float) -> np.ndarray:
+        a = max(0, int(t * SR))
+        x = audio[a:a + n]
+        return np.pad(x, (0, n - x.size)) if x.size < n else x
+
+    xs, ys, kinds = [], [], []
+    for (_, end), said in zip(scene.keywords, scene.keyword_commands, strict=True):
+        xs.append(cut(end + rng.uniform(*delay_s)))
+        ys.append(index.get(said, index["_unknown"]))
+        kinds.append(f"scene_command:{said}")
+    talk = [a for kind, a, _ in scene.events if kind == "speech"]
+    for k in rng.permutation(len(talk))[:len(scene.keywords)]:
+        xs.append(cut(talk[k] + rng.uniform(-0.3, 0.3)))
+        ys.append(index["_unknown"])
+        kinds.append("scene_speech")
+    return Clips(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64), kinds)
+
+
+def concat(parts: Sequence[Clips]) -> Clips:
+    return Clips(np.concatenate([c.audio for c in parts]), np.concatenate([c.labels for c in parts]),
+                 [k for c in parts for k in c.kinds])
+
+
 def featurize(clips: Clips, featurizer, frames: int, desc: str = "features") -> np.ndarray:
     """(n, frames, dim) float32: the last ``frames`` feature frames of every clip."""
     out = np.zeros((len(clips), frames, featurizer.dim), np.float32)

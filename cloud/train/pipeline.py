@@ -182,6 +182,13 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         clip_s = math.ceil(((cspec.window_frames - 1) * lm.hop + lm.frame_end_s(0) * SR) / SR * 10 - 1e-9) / 10
         cclips = dataset.command_clips(cmd_r, classes, clip_s=clip_s, aug=recipe.augment, rng=_rng(recipe.seed, "cmd"),
                                        babble_pool=babble, noise_only=max(50, len(cmd_r) // 10), start_s=cspec.start_s)
+        if cspec.scene_minutes > 0:
+            crng = _rng(recipe.seed, "cmdscene")
+            cclips = dataset.concat([cclips] + [
+                dataset.command_windows(_scene(recipe, k, train_r, cspec.scene_minutes, "cmdscene",
+                                               keywords_per_hour=450.0, level_jitter_db=recipe.streams.level_jitter_db),
+                                        classes, clip_s=clip_s, rng=crng)
+                for k in recipe.evaluation.scenes])
         ctest = dataset.command_clips([r for r in eval_r if r.kind.startswith("command:") or r.kind == "speech"],
                                       classes, clip_s=clip_s, aug=recipe.augment, rng=_rng(recipe.seed, "cmdtest"),
                                       babble_pool=eval_babble, noise_only=30, desc="command test clips",
@@ -203,6 +210,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         ccard = {"model": "commands", "feature_kind": "logmel", "features": lm.spec(), "classes": classes,
                  "window_frames": cspec.window_frames, "params": ccost.params, "macs": ccost.macs,
                  "size_bytes": len(c_bytes), "dtype": "float32", "clip_s": clip_s, "start_s": list(cspec.start_s),
+                 "scene_windows": sum(k.startswith("scene_") for k in cclips.kinds),
                  "accuracy_val_float": fit.class_accuracy(fit.predict(cmodel, xc[cv]), cclips.labels[cv]),
                  "accuracy_test_float": fit.class_accuracy(fit.tflite_predict(c_bytes, xc_test), ctest.labels),
                  "train_cpu_s": round(time.process_time() - t0, 1), "history": _last(chist)}
@@ -549,7 +557,9 @@ def command_accuracy(recogniser, scenes_: list, detections: list) -> dict:
     sends it (pre-roll and phrase before the fire, the command window after), read from the fire time."""
     after = SegmenterConfig().command_window_s
     n = correct = unrecognised = 0
+    by_scene: dict[str, dict[str, int]] = {}
     for s, times in zip(scenes_, detections, strict=True):
+        here = by_scene.setdefault(s.name, {"detected_phrases": 0, "correct": 0})
         for t, j in zip(times, metrics.match(times, s.keywords), strict=True):
             if j < 0:
                 continue
@@ -558,8 +568,10 @@ def command_accuracy(recogniser, scenes_: list, detections: list) -> dict:
             n += 1
             correct += got == s.keyword_commands[j]
             unrecognised += got is None
+            here["detected_phrases"] += 1
+            here["correct"] += got == s.keyword_commands[j]
     return {"detected_phrases": n, "correct": correct, "accuracy": round(correct / n, 4) if n else None,
-            "unrecognised": unrecognised, "wrong": n - correct - unrecognised,
+            "unrecognised": unrecognised, "wrong": n - correct - unrecognised, "scenes": by_scene,
             "note": "verified detections; the command recogniser reads from the fire time"}
 
 

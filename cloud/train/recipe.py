@@ -100,6 +100,10 @@ class CommandSpec(ModelSpec):
         (0.0, 0.3), description="Range of where the command starts in a training clip, s from the window's start "
                                 "(the fire time); below 0 the fire came after the command began and its start is cut")
 
+    scene_minutes: float = Field(
+        0.0, ge=0.0, le=120.0, description="Minutes per scene kind of scenes spoken by training voices whose "
+                                           "command windows (read from a simulated fire time) join the clips")
+
     @field_validator("start_s")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
