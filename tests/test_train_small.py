@@ -26,7 +26,7 @@ augment: {copies: 1, snr_db: [10, 30]}
 tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epochs: 20, batch: 32, lr: 0.005,
        prune_sparsity: 0.5, prune_epochs: 1, int8_output: logit, seed_per_model: true}
 verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, epochs: 2, batch: 32}
-commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32}
+commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32, scene_minutes: 1}
 streams: {minutes: 1, mine_minutes: 1, mine_epochs: 1, mine_threshold: 0.05}
 feature_kinds: [logmel]
 evaluation: {scenes: [quiet_home], minutes: 1, keywords_per_hour: 240, positive_renders: 60, confusable_renders: 40,
@@ -81,6 +81,7 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert cmd["correct"] + cmd["unrecognised"] + cmd["wrong"] == cmd["detected_phrases"]
     assert sum(v["detected_phrases"] for v in cmd["scenes"].values()) == cmd["detected_phrases"]
     assert card["models"]["commands"]["clip_s"] == 1.6
+    assert card["models"]["commands"]["scene_windows"] > 0  # scene command windows joined the clips
     # Accented speakers took part; the pruned copy is reported (half its kernel weights zero, so it
     # compresses smaller than the dense model), not shipped.
     assert card["data"]["accents"]["voices"] == ["espeak:de: hey dscharvis"]
