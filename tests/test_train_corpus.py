@@ -164,8 +164,8 @@ def test_cached_renders_are_not_reused_when_the_installed_voices_change(tmp_path
 def test_recipe_refuses_a_command_start_range_out_of_order(tmp_path):
     bad = tmp_path / "r.yaml"
     text = RECIPE.read_text()
-    assert "\ncommands:\n" in text
-    bad.write_text(text.replace("\ncommands:\n", "\ncommands:\n  start_s: [0.6, -0.1]\n"))
+    assert "\n  start_s: [-0.15, 0.7]\n" in text
+    bad.write_text(text.replace("\n  start_s: [-0.15, 0.7]\n", "\n  start_s: [0.6, -0.1]\n"))
     with pytest.raises(ConfigError, match=r"r.yaml: commands.start_s: .*start_s \[0.6, -0.1\]"):
         load_recipe(bad)
     assert load_recipe(RECIPE).commands.start_s[0] <= load_recipe(RECIPE).commands.start_s[1]
