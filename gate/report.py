@@ -167,6 +167,30 @@ def _savings(cascade: EnergyBreakdown, base: EnergyBreakdown) -> dict:
     return saved
 
 
+def _command_results(dets: list[dict], labels: dict[str, list]) -> dict | None:
+    """The cloud's command for each accepted detection of a labelled wake phrase + command, against the
+    command said (the ``command`` label of a ``wake_command`` event that starts within 2 s after the fire)."""
+    from gate.vocabulary import match_command
+
+    n = correct = unrecognised = 0
+    for d in dets:
+        verdict = d.get("verdict") or {}
+        if not verdict.get("accepted"):
+            continue
+        said = [lab for lab in labels.get(d["path"], ())
+                if lab.label == "command" and getattr(lab, "kind", "") == "wake_command"
+                and d["detect_s"] - 1.0 <= lab.start_s <= d["detect_s"] + 2.0]
+        if not said:
+            continue  # a false accept, or labels without command texts
+        want = match_command(getattr(said[0], "text", ""))
+        n += 1
+        correct += want is not None and verdict.get("command") == want.name
+        unrecognised += verdict.get("command") is None
+    if n == 0:
+        return None
+    return {"detected": n, "correct": correct, "unrecognised": unrecognised, "wrong": n - correct - unrecognised}
+
+
 def add_detection_metrics(report: dict, labels: dict[str, list], *,
                           reference_detections: dict[str, list[float]] | None = None) -> None:
     """Score the report's detections (tiny model alone, after cloud verification, always-on
@@ -203,6 +227,8 @@ def add_detection_metrics(report: dict, labels: dict[str, list], *,
         for name in ("gated", "always_on"):
             if traces.get(name) is not None:
                 out["det_curve"][name] = det_curve(traces[name], params, streams)
+    if cloud_ok:
+        out["commands"] = _command_results(dets, labels)
     report["detection"] = out
     report["labels"] = {p: [{"start_s": s.start_s, "end_s": s.end_s, "label": s.label} for s in spans]
                         for p, spans in labels.items()}
@@ -328,6 +354,10 @@ def summary_text(report: dict) -> str:
             lines.append(f"{label:18s} {m['true_accepts']:3d}/{m['keywords']:<3d}{_fmt_rate(m['miss_rate']):>8s} "
                          f"{m['false_accepts']:5d} {_fmt_num(m['fa_per_hour']):>8s} "
                          f"{'-' if lat is None else f'{lat:.2f} s':>9s}")
+        cmds = report["detection"].get("commands")
+        if cmds:
+            lines.append(f"commands after accepted detections: {cmds['correct']} of {cmds['detected']} right "
+                         f"({cmds['unrecognised']} not recognised, {cmds['wrong']} wrong)")
     if report["failed_inputs"]:
         lines.append(f"{len(report['failed_inputs'])} file(s) skipped (see stderr and failed_inputs in the report)")
     return "\n".join(lines) + "\n"

@@ -141,3 +141,28 @@ def test_without_a_cloud_worker_the_replay_goes_on_and_says_why(scene, monkeypat
     assert not r["cloud"]["available"]
     assert r["cloud"]["reason"].startswith("no cloud worker: verdicts not available")
     assert r["detection"]["tiny_cloud"] is None
+
+
+def test_commands_after_accepted_detections_are_scored_against_the_command_said():
+    from gate.report import _command_results
+    from sensors.scenario import Label
+
+    def lab(a, b, label, kind, text):
+        return Label(a, b, label, kind, text, None, int(a * 16000), int(b * 16000))
+
+    labels = {"s.flac": [lab(2.0, 2.6, "wake", "wake_command", "hey jarvis"),
+                         lab(2.8, 3.4, "command", "wake_command", "turn it down"),
+                         lab(20.0, 20.6, "wake", "wake_command", "hey jarvis"),
+                         lab(20.8, 21.6, "command", "wake_command", "turn on the lights"),
+                         lab(40.0, 40.6, "wake", "wake_command", "hey jarvis"),
+                         lab(40.9, 41.3, "command", "wake_command", "stop"),
+                         lab(60.0, 60.5, "command", "command", "stop")]}  # a command without a wake phrase
+
+    def det(t, accepted, command):
+        return {"path": "s.flac", "detect_s": t, "verdict": {"accepted": accepted, "command": command}}
+
+    dets = [det(2.7, True, "down"), det(20.7, True, "on"), det(40.7, True, None),
+            det(59.9, True, "stop"),    # no wake_command there: not scored
+            det(80.0, False, "stop")]   # rejected by the cloud: not scored
+    assert _command_results(dets, labels) == {"detected": 3, "correct": 1, "unrecognised": 1, "wrong": 1}
+    assert _command_results(dets[3:], labels) is None
