@@ -264,7 +264,16 @@ def _detection_table(report: dict) -> str:
             "<th>latency median, s</th><th>latency p90, s</th></tr>" + "".join(rows) + "</table>"
             f"<p class='muted'>A detection counts for a wake word from {w['early_s']} s before it starts to "
             f"{w['late_s']} s after it ends; latency is detection time minus the word's end. FA/hour is over the "
-            f"{det['tiny']['non_wake_hours'] * 60:.1f} min of audio outside those windows.</p>")
+            f"{det['tiny']['non_wake_hours'] * 60:.1f} min of audio outside those windows.</p>" + _commands_line(det))
+
+
+def _commands_line(det: dict) -> str:
+    c = det.get("commands")
+    if not c:
+        return ""
+    return (f"<p>Commands after accepted detections: {c['correct']} of {c['detected']} right "
+            f"({c['unrecognised']} not recognised, {c['wrong']} wrong), against the command said after each "
+            "labelled wake phrase.</p>")
 
 
 def _cloud_block(report: dict) -> str:

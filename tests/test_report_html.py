@@ -166,3 +166,14 @@ def test_commands_after_accepted_detections_are_scored_against_the_command_said(
             det(80.0, False, "stop")]   # rejected by the cloud: not scored
     assert _command_results(dets, labels) == {"detected": 3, "correct": 1, "unrecognised": 1, "wrong": 1}
     assert _command_results(dets[3:], labels) is None
+
+
+def test_the_html_detection_table_says_how_the_commands_fared(cloud_replay):
+    from gate.html_report import _detection_table
+
+    r, _ = cloud_replay
+    report = {**r, "detection": {**r["detection"], "commands": {"detected": 5, "correct": 4, "unrecognised": 1,
+                                                                 "wrong": 0}}}
+    assert "Commands after accepted detections: 4 of 5 right (1 not recognised, 0 wrong)" in _detection_table(report)
+    report["detection"].pop("commands")
+    assert "Commands after" not in _detection_table(report)
