@@ -41,7 +41,7 @@ class CommandRecognizer:
     def recognise(self, samples: np.ndarray, start_s: float = 0.0) -> CommandResult:
         """Classify the ``frames``-long window that starts at ``start_s`` (the end of the wake phrase)."""
         a = int(round(start_s * self.featurizer.sample_rate))
-        need = int(round((self.frames - 1) * self.featurizer.hop + 400))  # 400 = one 25 ms window
+        need = int(round(self.featurizer.frame_end_s(self.frames - 1) * self.featurizer.sample_rate))
         x = np.asarray(samples)[a:a + need]
         if x.size < need:
             x = np.concatenate([x, np.zeros(need - x.size, x.dtype)])

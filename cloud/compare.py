@@ -23,6 +23,7 @@ from cloud.train.pipeline import verified
 from cloud.train.scenes import Scene
 from gate.kws.config import KwsConfig
 from gate.kws.detector import Detector
+from gate.kws.featurize import MEL_KINDS
 from gate.kws.stage import KeywordSpotter, default_model_path, read_card, tuned_threshold
 
 SR = 16_000
@@ -92,7 +93,7 @@ def node_energy_mj_per_hour(kind: str, inferences: int, awake_s: float, hours: f
     """KWS compute plus (for log-mel) the ADC path while awake, per audio hour, on the MCU profile above."""
     macs = read_card(default_model_path(kind)).get("macs", 0)
     compute = inferences * macs * NJ_PER_MAC * 1e-6
-    adc = ADC_MW * awake_s if kind != "analog_envelopes" else 0.0  # mel kinds need the ADC
+    adc = ADC_MW * awake_s if kind in MEL_KINDS else 0.0  # mel features need the 16 kHz ADC
     return {"kws_compute_mj_per_h": round(compute / hours, 2), "adc_mj_per_h": round(adc / hours, 2),
             "total_mj_per_h": round((compute + adc) / hours, 2)}
 

@@ -131,11 +131,10 @@ def command_windows(scene, class_names: Sequence[str], *, clip_s: float, rng: np
     talk, labelled unknown. Same rooms, levels and reverb as the scene, so the recogniser meets them in training."""
     n = int(round(clip_s * SR))
     index = {c: i for i, c in enumerate(class_names)}
-    audio = scene.audio.astype(np.float32) / 32768.0
 
-    def cut(t: float) -> np.ndarray:
+    def cut(t: float) -> np.ndarray:  # only the window is converted to float, not the whole scene
         a = max(0, int(t * SR))
-        x = audio[a:a + n]
+        x = scene.audio[a:a + n].astype(np.float32) / np.float32(32768.0)
         return np.pad(x, (0, n - x.size)) if x.size < n else x
 
     xs, ys, kinds = [], [], []
@@ -148,7 +147,7 @@ def command_windows(scene, class_names: Sequence[str], *, clip_s: float, rng: np
         xs.append(cut(talk[k] + rng.uniform(-0.3, 0.3)))
         ys.append(index["_unknown"])
         kinds.append("scene_speech")
-    return Clips(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64), kinds)
+    return Clips(np.stack(xs), np.asarray(ys, np.int64), kinds)
 
 
 def concat(parts: Sequence[Clips]) -> Clips:

@@ -179,7 +179,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         # Every other utterance is an "_unknown" example: in use, most speech after a false wake is not a command.
         cmd_r = [r for r in train_r if r.kind.startswith("command:") or r.kind in ("speech", "confusable")]
         # Clips just long enough for the window, in tenths of a second (1.6 s for 158 frames).
-        clip_s = math.ceil(((cspec.window_frames - 1) * lm.hop + lm.frame_end_s(0) * SR) / SR * 10 - 1e-9) / 10
+        clip_s = math.ceil(float(lm.frame_end_s(cspec.window_frames - 1)) * 10 - 1e-9) / 10
         cclips = dataset.command_clips(cmd_r, classes, clip_s=clip_s, aug=recipe.augment, rng=_rng(recipe.seed, "cmd"),
                                        babble_pool=babble, noise_only=max(50, len(cmd_r) // 10), start_s=cspec.start_s)
         if cspec.scene_minutes > 0:
@@ -355,13 +355,14 @@ def _train_tiny(tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, fz, recipe: Rec
             "int8_float_max_abs_diff_test": float(np.max(np.abs(pf - pq))) if pf.size else 0.0,
             "train_cpu_s": round(train_s, 1), "history": _last(hist)}
     if tspec.prune_sparsity > 0:
-        if tspec.seed_per_model and len(hard):
-            # The pruned copy is fine-tuned on what the model was, mined negatives included. Only with per-model
-            # seeds: more batches here would move the global generator, and the next tiny model with it, so the
-            # shipped models (trained without per-model seeds) could not be rebuilt.
-            x_tr, y_tr = np.concatenate([x_tr, hard]), np.concatenate([y_tr, np.zeros(len(hard), np.float32)])
+        # The pruned copy is fine-tuned on what the model was, mined negatives included. Only with per-model
+        # seeds: more batches here would move the global generator, and the next tiny model with it, so the
+        # shipped models (trained without per-model seeds) could not be rebuilt.
+        extra = hard if tspec.seed_per_model else hard[:0]
+        if len(extra):
+            x_tr, y_tr = np.concatenate([x_tr, extra]), np.concatenate([y_tr, np.zeros(len(extra), np.float32)])
         card["pruned"] = _pruned(model, tspec, x_tr, y_tr, x_val, y_val, x_test, y_test, rep, q_bytes, recipe, name)
-        card["pruned"]["mined_negatives"] = len(hard) if tspec.seed_per_model else 0
+        card["pruned"]["mined_negatives"] = len(extra)
     return card, q_bytes
 
 
@@ -556,29 +557,34 @@ def command_accuracy(recogniser, scenes_: list, detections: list) -> dict:
     """What the cloud makes of the command said after each detected wake phrase: the segment as the node
     sends it (pre-roll and phrase before the fire, the command window after), read from the fire time."""
     after = SegmenterConfig().command_window_s
-    n = correct = unrecognised = 0
+    unrecognised = 0
     by_scene: dict[str, dict[str, int]] = {}
     for s, times in zip(scenes_, detections, strict=True):
         here = by_scene.setdefault(s.name, {"detected_phrases": 0, "correct": 0})
         for t, j in zip(times, metrics.match(times, s.keywords), strict=True):
             if j < 0:
                 continue
-            a = max(0, int((t - 2.5) * SR))
-            got = recogniser.recognise(s.audio[a:int((t + after) * SR)], t - a / SR).name
-            n += 1
-            correct += got == s.keyword_commands[j]
-            unrecognised += got is None
+            got = recogniser.recognise(*_segment(audio=s.audio, t=t, after_s=after)).name
             here["detected_phrases"] += 1
             here["correct"] += got == s.keyword_commands[j]
+            unrecognised += got is None
+    n = sum(v["detected_phrases"] for v in by_scene.values())
+    correct = sum(v["correct"] for v in by_scene.values())
     return {"detected_phrases": n, "correct": correct, "accuracy": round(correct / n, 4) if n else None,
             "unrecognised": unrecognised, "wrong": n - correct - unrecognised, "scenes": by_scene,
             "note": "verified detections; the command recogniser reads from the fire time"}
 
 
+def _segment(*, audio: np.ndarray, t: float, after_s: float) -> tuple[np.ndarray, float]:
+    """A forwarded segment as the cloud gets it: 2.5 s of pre-roll and phrase before the fire at ``t``,
+    ``after_s`` after it; with the fire's time into the segment."""
+    a = max(0, int((t - 2.5) * SR))
+    return audio[a:int((t + after_s) * SR)], t - a / SR
+
+
 def verified(verifier, audio: np.ndarray, t: float) -> bool:
     """What the cloud does with a forwarded segment: 2.5 s of pre-roll and phrase, 0.5 s after the fire."""
-    a = max(0, int((t - 2.5) * SR))
-    return verifier.verify(audio[a:int((t + 0.5) * SR)], t - a / SR)[0]
+    return verifier.verify(*_segment(audio=audio, t=t, after_s=0.5))[0]
 
 
 def _posteriors(cfg: KwsConfig, scene: scenes.Scene) -> list:
