@@ -6,11 +6,13 @@ model card lists them in output order, so the vocabulary can grow without code c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cloud.serve_config import COMMAND_READ_OFFSETS_S as DEFAULT_READ_OFFSETS_S
 from cloud.verifier import MODELS_DIR, read_card, window
 from gate.kws.featurize import Featurizer
 from gate.kws.interpreter import ModelError, TFLiteModel
@@ -23,10 +25,12 @@ class CommandResult:
     name: str | None   # a command of gate.vocabulary, or None for unknown speech / silence
     label: str         # the class the model chose (incl. "_unknown", "_silence")
     confidence: float
+    read_offset_s: float = 0.0  # which of the reads won, seconds after the given start
 
 
 class CommandRecognizer:
-    def __init__(self, *, model_path: str | Path = DEFAULT_COMMANDS, min_confidence: float = 0.5) -> None:
+    def __init__(self, *, model_path: str | Path = DEFAULT_COMMANDS, min_confidence: float = 0.5,
+                 read_offsets_s: Sequence[float] = DEFAULT_READ_OFFSETS_S) -> None:
         path = Path(model_path)
         self.card = read_card(path)
         self.classes: list[str] = list(self.card["classes"])
@@ -37,18 +41,25 @@ class CommandRecognizer:
         self.featurizer = Featurizer(self.card.get("feature_kind", "logmel"))
         self.frames = int(self.model.input.shape[1])
         self.min_confidence = min_confidence
+        if len(read_offsets_s) == 0:
+            raise ValueError("read_offsets_s: give at least one offset (0 reads from the start alone)")
+        # In whole feature frames, so that every read is a slice of one feature computation.
+        self.shifts = sorted({int(round(o / self.featurizer.period_s)) for o in read_offsets_s})
 
     def recognise(self, samples: np.ndarray, start_s: float = 0.0) -> CommandResult:
-        """Classify the ``frames``-long window that starts at ``start_s`` (the end of the wake phrase)."""
-        a = int(round(start_s * self.featurizer.sample_rate))
-        need = int(round(self.featurizer.frame_end_s(self.frames - 1) * self.featurizer.sample_rate))
-        x = np.asarray(samples)[a:a + need]
-        if x.size < need:
-            x = np.concatenate([x, np.zeros(need - x.size, x.dtype)])
+        """Classify the ``frames``-long window starting at ``start_s`` (the end of the wake phrase) and at each
+        read offset after it; the most confident read wins. Audio outside the segment reads as silence."""
+        sr, hop = self.featurizer.sample_rate, self.featurizer.hop
+        k0, k1 = self.shifts[0], self.shifts[-1]
+        a = int(round(start_s * sr)) + k0 * hop
+        need = int(round(self.featurizer.frame_end_s(self.frames - 1 + k1 - k0) * sr))
+        lead = min(need, max(0, -a))  # samples before the segment's start
+        x = np.asarray(samples)[max(0, a):max(0, a + need)]
+        x = np.concatenate([np.zeros(lead, x.dtype), x, np.zeros(need - lead - x.size, x.dtype)])
         feats = self.featurizer.compute(x)
-        p = self.model(window(feats, feats.shape[0], self.frames)[None])[0]
-        i = int(np.argmax(p))
-        label = self.classes[i]
-        conf = float(p[i])
+        reads = [self.model(window(feats, k - k0 + self.frames, self.frames)[None])[0] for k in self.shifts]
+        r, i = np.unravel_index(int(np.argmax(reads)), (len(reads), len(self.classes)))
+        label, conf = self.classes[i], float(reads[r][i])
         name = None if label.startswith("_") or conf < self.min_confidence else label
-        return CommandResult(name=name, label=label, confidence=conf)
+        return CommandResult(name=name, label=label, confidence=conf,
+                             read_offset_s=round(self.shifts[r] * self.featurizer.period_s, 6))

@@ -97,3 +97,40 @@ def test_command_classes_follow_the_vocabulary(recogniser):
 
     assert recogniser.classes[:len(COMMANDS)] == [c.name for c in COMMANDS]
     assert recogniser.classes[-2:] == ["_unknown", "_silence"]
+
+
+@pytest.mark.parametrize("name", sorted(n for n, lab in LABELS.items() if lab["wake"] and lab["command"]))
+def test_command_read_at_several_offsets_is_the_most_confident_single_read(name):
+    """Reading at (0, 0.1, 0.2) s after the start gives the most confident of the three single reads, each
+    computed on its own from audio shifted by that offset (one feature pass serves all reads)."""
+    from cloud.commands import CommandRecognizer
+
+    x = read_audio(DATA / name)
+    start = LABELS[name]["wake_end_s"]
+    several = CommandRecognizer(read_offsets_s=(0.2, 0.0, 0.1)).recognise(x, start)
+    one = CommandRecognizer(read_offsets_s=(0.0,))
+    singles = [one.recognise(x, start + o) for o in (0.0, 0.1, 0.2)]
+    best = max(range(3), key=lambda i: singles[i].confidence)
+    assert several.label == singles[best].label, (several, singles)
+    assert several.confidence == pytest.approx(singles[best].confidence, abs=0.02)
+    assert several.read_offset_s == pytest.approx((0.0, 0.1, 0.2)[best])
+    assert several.confidence >= max(s.confidence for s in singles) - 0.02
+
+
+def test_command_reads_outside_the_segment_are_silence(recogniser):
+    """A start before the segment's beginning or past its end reads zeros there instead of failing."""
+    from cloud.commands import CommandRecognizer
+
+    quiet = np.zeros(16000, np.int16)
+    assert CommandRecognizer(read_offsets_s=(-0.5, 0.0)).recognise(quiet, 0.1).label == "_silence"
+    assert recogniser.recognise(quiet, 5.0).label == "_silence"
+    with pytest.raises(ValueError, match="read_offsets_s"):
+        CommandRecognizer(read_offsets_s=())
+
+
+def test_the_service_config_sets_the_command_read_offsets():
+    from cloud.serve_config import COMMAND_READ_OFFSETS_S, CloudConfig
+    from cloud.service.models import load_models
+
+    assert load_models(CloudConfig()).commands._model.shifts == [round(o * 100) for o in COMMAND_READ_OFFSETS_S]
+    assert load_models(CloudConfig(command_read_offsets_s=[0.3, 0.0])).commands._model.shifts == [0, 30]

@@ -108,7 +108,9 @@ def test_config_defaults_and_bounds():
     assert CloudConfig(metrics_port=0).metrics_port_of(5) == 0
     for bad in ({"workers": 0}, {"group": "a/b"}, {"group": "+"}, {"broker": "http://x"}, {"db_url": "mysql://x"},
                 {"server": {"pue": 0.5}}, {"bogus": 1}, {"max_payload_kb": 1}, {"models_factory": "nope"},
-                {"reconnect_min_s": 10, "reconnect_max_s": 1}, {"metrics_port": 65535, "workers": 2}):
+                {"reconnect_min_s": 10, "reconnect_max_s": 1}, {"metrics_port": 65535, "workers": 2},
+                {"command_read_offsets_s": []}, {"command_read_offsets_s": [0.0, 2.0]},
+                {"command_read_offsets_s": [0.0] * 9}):
         with pytest.raises(ValidationError):
             CloudConfig.model_validate(bad)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from cloud.train import metrics
@@ -38,3 +40,39 @@ def test_breakdowns_sum_over_scenes():
     b = {"v1": (3, 3)}
     assert metrics.merge_breakdowns([a, b]) == {"v1": (5, 4), "v2": (1, 1)}
     assert metrics.merge_breakdowns([{"speech": 2}, {"speech": 1, "confusable": 4}]) == {"confusable": 4, "speech": 3}
+
+
+def test_command_accuracy_reads_each_detected_phrase_from_its_fire_time():
+    import numpy as np
+
+    from cloud.commands import CommandResult
+    from cloud.train import pipeline, scenes
+
+    sr = 16_000
+    audio = np.arange(60 * sr, dtype=np.int32) // 16  # each sample says its time in ms
+    quiet = scenes.Scene("quiet_home", audio, SPANS, keyword_commands=["lights_on", "stop", "go", "up"])
+    office = scenes.Scene("office_babble", audio, [(1.0, 1.8)], keyword_commands=["down"])
+    heard = {10.6: "lights_on", 21.2: "play", 30.5: None, 55.0: "stop", 2.0: "down"}
+    reads = []
+
+    class Recogniser:  # names the command by the fire time it is read from
+        featurizer = SimpleNamespace(period_s=0.01)
+        shifts = [0, 10]
+
+        def recognise(self, samples, start_s):
+            t = round(samples[0] / 1000 + start_s, 3)
+            reads.append((t, samples.size / sr, start_s))
+            name = heard[t]
+            return CommandResult(name=name, label=name or "_unknown", confidence=0.9)
+
+    # quiet home: hits on phrases 0, 1 and 2 (right, wrong, not recognised), a miss on 3, a false accept at 55 s
+    got = pipeline.command_accuracy(Recogniser(), [quiet, office], [[10.6, 21.2, 30.5, 55.0], [2.0]])
+    assert (got["detected_phrases"], got["correct"], got["unrecognised"], got["wrong"]) == (4, 2, 1, 1)
+    assert got["scenes"] == {"quiet_home": {"detected_phrases": 3, "correct": 1},
+                             "office_babble": {"detected_phrases": 1, "correct": 1}}
+    assert got["accuracy"] == 0.5 and got["read_offsets_s"] == [0.0, 0.1]
+    after = pipeline.SegmenterConfig().command_window_s
+    assert [r[0] for r in reads] == [10.6, 21.2, 30.5, 2.0]  # never the false accept
+    # 2.5 s of pre-roll and phrase before the fire, the command window after; less pre-roll near the start
+    assert all(r[1:] == pytest.approx((2.5 + after, 2.5)) for r in reads[:3])
+    assert reads[3][1:] == pytest.approx((2.0 + after, 2.0))

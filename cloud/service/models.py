@@ -89,12 +89,14 @@ class TFLiteCommands:
 
     name = "commands"
 
-    def __init__(self, *, model_path: str | None = None, min_confidence: float = 0.5) -> None:
-        from cloud.commands import DEFAULT_COMMANDS
+    def __init__(self, *, model_path: str | None = None, min_confidence: float = 0.5,
+                 read_offsets_s: tuple[float, ...] | None = None) -> None:
+        from cloud.commands import DEFAULT_COMMANDS, DEFAULT_READ_OFFSETS_S
         from cloud.commands import CommandRecognizer as _Recognizer
 
         path = Path(model_path) if model_path else DEFAULT_COMMANDS
-        self._model = _Recognizer(model_path=path, min_confidence=min_confidence)
+        self._model = _Recognizer(model_path=path, min_confidence=min_confidence,
+                                  read_offsets_s=read_offsets_s or DEFAULT_READ_OFFSETS_S)
         self.version = _file_version(path, self._model.card)
 
     def recognize(self, samples: np.ndarray, sample_rate: int, *, start_s: float) -> RecognizedCommand:
@@ -117,5 +119,6 @@ def load_models(cfg) -> CloudModels:  # cfg: cloud.serve_config.CloudConfig
         return models
     return CloudModels(
         verifier=TFLiteVerifier(model_path=cfg.verifier_model, threshold=cfg.verifier_threshold),
-        commands=TFLiteCommands(model_path=cfg.commands_model, min_confidence=cfg.command_min_confidence),
+        commands=TFLiteCommands(model_path=cfg.commands_model, min_confidence=cfg.command_min_confidence,
+                                read_offsets_s=tuple(cfg.command_read_offsets_s)),
     )
