@@ -45,10 +45,13 @@ class CommandRecognizer:
             raise ValueError("read_offsets_s: give at least one offset (0 reads from the start alone)")
         # In whole feature frames, so that every read is a slice of one feature computation.
         self.shifts = sorted({int(round(o / self.featurizer.period_s)) for o in read_offsets_s})
+        self._commands = np.array([i for i, c in enumerate(self.classes) if not c.startswith("_")])
 
     def recognise(self, samples: np.ndarray, start_s: float = 0.0) -> CommandResult:
         """Classify the ``frames``-long window starting at ``start_s`` (the end of the wake phrase) and at each
-        read offset after it; the most confident read wins. Audio outside the segment reads as silence."""
+        read offset after it. The most confident read naming a command at ``min_confidence`` or more wins;
+        failing that, the most confident read (unknown, silence or a weak command). Audio outside the segment
+        reads as silence."""
         sr, hop = self.featurizer.sample_rate, self.featurizer.hop
         k0, k1 = self.shifts[0], self.shifts[-1]
         a = int(round(start_s * sr)) + k0 * hop
@@ -57,9 +60,16 @@ class CommandRecognizer:
         x = np.asarray(samples)[max(0, a):max(0, a + need)]
         x = np.concatenate([np.zeros(lead, x.dtype), x, np.zeros(need - lead - x.size, x.dtype)])
         feats = self.featurizer.compute(x)
-        reads = [self.model(window(feats, k - k0 + self.frames, self.frames)[None])[0] for k in self.shifts]
-        r, i = np.unravel_index(int(np.argmax(reads)), (len(reads), len(self.classes)))
-        label, conf = self.classes[i], float(reads[r][i])
+        reads = np.stack([self.model(window(feats, k - k0 + self.frames, self.frames)[None])[0] for k in self.shifts])
+        # A read that names a command wins over reads that do not: a read shifted past the start of a short
+        # command ("stop") hears only its tail and calls it unknown, often confidently.
+        named = reads[:, self._commands]
+        r, j = np.unravel_index(int(np.argmax(named)), named.shape)
+        if named[r, j] >= self.min_confidence:
+            i = int(self._commands[j])
+        else:
+            r, i = np.unravel_index(int(np.argmax(reads)), reads.shape)
+        label, conf = self.classes[i], float(reads[r, i])
         name = None if label.startswith("_") or conf < self.min_confidence else label
         return CommandResult(name=name, label=label, confidence=conf,
                              read_offset_s=round(self.shifts[r] * self.featurizer.period_s, 6))
