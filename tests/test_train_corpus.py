@@ -169,3 +169,23 @@ def test_recipe_refuses_a_command_start_range_out_of_order(tmp_path):
     with pytest.raises(ConfigError, match=r"r.yaml: commands.start_s: .*start_s \[0.6, -0.1\]"):
         load_recipe(bad)
     assert load_recipe(RECIPE).commands.start_s[0] <= load_recipe(RECIPE).commands.start_s[1]
+
+
+def test_excluded_voices_are_neither_trained_on_nor_evaluated(monkeypatch):
+    gb, held = Voice("espeak", "en-gb", "", "en-gb"), Voice("espeak", "en-gb-x-gbcwmd", "", "en")
+    es = tts.EngineSet({"espeak": (EN[0], gb, held), "mbrola": (EN[1],)}, ("f3",), {})
+    train, test = corpus.split_voices(es, [held.id], exclude=[gb.id])
+    assert train == [EN[0], EN[1]] and test == [held]
+    with pytest.raises(TTSError, match="nothing left to train on"):
+        corpus.split_voices(es, [held.id], exclude=[EN[0].id, gb.id, EN[1].id])
+    # The training plan speaks with the voices left; the evaluation plan is unchanged.
+    from cloud.train import pipeline
+
+    monkeypatch.setattr(corpus, "engines", lambda names: es)
+    recipe = load_recipe(RECIPE)
+    fewer = recipe.model_copy(update={"corpus": recipe.corpus.model_copy(update={"exclude_voices": [gb.id]})})
+    assert gb.id in {u.voice.id for _, u in pipeline.train_plan(recipe)[0]}
+    assert gb.id not in {u.voice.id for _, u in pipeline.train_plan(fewer)[0]}
+    assert pipeline.eval_plan(fewer) == pipeline.eval_plan(recipe)
+    with pytest.raises(ValueError, match="either evaluated or excluded"):
+        CorpusSpec(exclude_voices=["pico:en-GB"])

@@ -46,13 +46,15 @@ class Render:
     audio: np.ndarray  # float32, 16 kHz, silence-trimmed
 
 
-def split_voices(es: EngineSet, eval_voices: Sequence[str]) -> tuple[list[Voice], list[Voice]]:
-    held = set(eval_voices)
+def split_voices(es: EngineSet, eval_voices: Sequence[str],
+                 exclude: Sequence[str] = ()) -> tuple[list[Voice], list[Voice]]:
+    """(training voices, evaluation voices); voices in ``exclude`` are in neither."""
+    held, dropped = set(eval_voices), set(exclude)
     voices = list(es.all_voices())
-    train = [v for v in voices if v.id not in held]
+    train = [v for v in voices if v.id not in held | dropped]
     test = [v for v in voices if v.id in held]
     if not train:
-        raise TTSError("every available voice is held out for evaluation; nothing left to train on")
+        raise TTSError("every available voice is held out for evaluation or excluded; nothing left to train on")
     return train, test or train[:1]
 
 

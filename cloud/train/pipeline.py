@@ -98,7 +98,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
     # --- data -------------------------------------------------------------------------------
     c = recipe.corpus
     es = corpus.engines(c.engines)
-    train_v, eval_v = corpus.split_voices(es, c.eval_voices)
+    train_v, eval_v = corpus.split_voices(es, c.eval_voices, c.exclude_voices)
     variants = list(es.variants)
     train_items, accents, accents_skipped = train_plan(recipe, es)
     eval_items = eval_plan(recipe, eval_v)
@@ -274,7 +274,7 @@ def train_plan(recipe: Recipe, es=None) -> tuple[list, list, dict[str, str]]:
     accent voices used and those skipped (and why)."""
     c = recipe.corpus
     es = es or corpus.engines(c.engines)
-    train_v = corpus.split_voices(es, c.eval_voices)[0]
+    train_v = corpus.split_voices(es, c.eval_voices, c.exclude_voices)[0]
     accents, skipped = corpus.accent_voices(c.accents)
     items = corpus.plan(recipe.phrase, voices=train_v, variants=list(es.variants), rng=_rng(recipe.seed, "plan"),
                         n_pos=c.positives, n_conf=c.confusables, n_speech=c.speech, n_cmd=c.command_renders,

@@ -41,6 +41,9 @@ class CorpusSpec(Strict):
     eval_voices: list[str] = Field(
         ["espeak:en-gb-x-gbcwmd", "mbrola:mb-us3", "mbrola:mb-de5-en", "pico:en-GB"],
         description="Held out from training; evaluation scenes speak only with these")
+    exclude_voices: list[str] = Field(
+        [], description="Voices used nowhere (neither trained on nor in the evaluation), e.g. to measure what "
+                        "fewer training voices cost; engine:name ids as in eval_voices")
     workers: int = Field(2, ge=1, le=16, description="Parallel TTS processes")
     accents: list[AccentSpec] = Field([], description="Accented speakers: other-language voices, phrase respelled")
     accent_share: float = Field(
@@ -51,6 +54,9 @@ class CorpusSpec(Strict):
         clash = sorted({a.voice for a in self.accents} & set(self.eval_voices))
         if clash:
             raise ValueError(f"accent voice(s) {clash} are held out for evaluation (eval_voices)")
+        clash = sorted(set(self.exclude_voices) & set(self.eval_voices))
+        if clash:
+            raise ValueError(f"exclude_voices {clash} are also eval_voices: a voice is either evaluated or excluded")
         if self.accent_share > 0 and not self.accents:
             raise ValueError("accent_share > 0 needs at least one entry in accents")
         return self
