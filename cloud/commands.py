@@ -47,6 +47,11 @@ class CommandRecognizer:
         self.shifts = sorted({int(round(o / self.featurizer.period_s)) for o in read_offsets_s})
         self._commands = np.array([i for i, c in enumerate(self.classes) if not c.startswith("_")])
 
+    @property
+    def read_offsets_s(self) -> list[float]:
+        """The offsets actually read, s after the start: the requested ones on whole feature frames."""
+        return [round(k * self.featurizer.period_s, 6) for k in self.shifts]
+
     def recognise(self, samples: np.ndarray, start_s: float = 0.0) -> CommandResult:
         """Classify the ``frames``-long window starting at ``start_s`` (the end of the wake phrase) and at each
         read offset after it. The most confident read naming a command at ``min_confidence`` or more wins;
@@ -72,4 +77,4 @@ class CommandRecognizer:
         label, conf = self.classes[i], float(reads[r, i])
         name = None if label.startswith("_") or conf < self.min_confidence else label
         return CommandResult(name=name, label=label, confidence=conf,
-                             read_offset_s=round(self.shifts[r] * self.featurizer.period_s, 6))
+                             read_offset_s=self.read_offsets_s[r])

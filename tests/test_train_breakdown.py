@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from cloud.train import metrics
@@ -56,8 +54,7 @@ def test_command_accuracy_reads_each_detected_phrase_from_its_fire_time():
     reads = []
 
     class Recogniser:  # names the command by the fire time it is read from
-        featurizer = SimpleNamespace(period_s=0.01)
-        shifts = [0, 10]
+        read_offsets_s = [0.0, 0.1]
 
         def recognise(self, samples, start_s):
             t = round(samples[0] / 1000 + start_s, 3)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from cloud.serve_config import COMMAND_READ_OFFSETS_S
 from gate.errors import ConfigError
 
 
@@ -90,13 +92,12 @@ class TFLiteCommands:
     name = "commands"
 
     def __init__(self, *, model_path: str | None = None, min_confidence: float = 0.5,
-                 read_offsets_s: tuple[float, ...] | None = None) -> None:
-        from cloud.commands import DEFAULT_COMMANDS, DEFAULT_READ_OFFSETS_S
+                 read_offsets_s: Sequence[float] = COMMAND_READ_OFFSETS_S) -> None:
+        from cloud.commands import DEFAULT_COMMANDS
         from cloud.commands import CommandRecognizer as _Recognizer
 
         path = Path(model_path) if model_path else DEFAULT_COMMANDS
-        self._model = _Recognizer(model_path=path, min_confidence=min_confidence,
-                                  read_offsets_s=read_offsets_s or DEFAULT_READ_OFFSETS_S)
+        self._model = _Recognizer(model_path=path, min_confidence=min_confidence, read_offsets_s=read_offsets_s)
         self.version = _file_version(path, self._model.card)
 
     def recognize(self, samples: np.ndarray, sample_rate: int, *, start_s: float) -> RecognizedCommand:

@@ -49,9 +49,9 @@ class Render:
 def split_voices(es: EngineSet, eval_voices: Sequence[str],
                  exclude: Sequence[str] = ()) -> tuple[list[Voice], list[Voice]]:
     """(training voices, evaluation voices); voices in ``exclude`` are in neither."""
-    held, dropped = set(eval_voices), set(exclude)
+    held, unused = set(eval_voices), set(eval_voices) | set(exclude)
     voices = list(es.all_voices())
-    train = [v for v in voices if v.id not in held | dropped]
+    train = [v for v in voices if v.id not in unused]
     test = [v for v in voices if v.id in held]
     if not train:
         raise TTSError("every available voice is held out for evaluation or excluded; nothing left to train on")

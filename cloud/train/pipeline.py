@@ -572,9 +572,9 @@ def command_accuracy(recogniser, scenes_: list, detections: list) -> dict:
     correct = sum(v["correct"] for v in by_scene.values())
     return {"detected_phrases": n, "correct": correct, "accuracy": round(correct / n, 4) if n else None,
             "unrecognised": unrecognised, "wrong": n - correct - unrecognised, "scenes": by_scene,
-            "read_offsets_s": [round(k * recogniser.featurizer.period_s, 3) for k in recogniser.shifts],
+            "read_offsets_s": recogniser.read_offsets_s,
             "note": "verified detections; the command recogniser reads from the fire time at each read offset "
-                    "and the most confident read wins"}
+                    "and the most confident read naming a command wins"}
 
 
 def _segment(*, audio: np.ndarray, t: float, after_s: float) -> tuple[np.ndarray, float]:
