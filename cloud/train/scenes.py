@@ -34,6 +34,7 @@ class Scene:
     events: list[tuple[str, float, float]] = field(default_factory=list)  # (kind, start_s, end_s) of every render
     keyword_voices: list[str] = field(default_factory=list)  # who says each wake phrase
     keyword_commands: list[str] = field(default_factory=list)  # the command said after each wake phrase
+    keyword_snr_db: list[float] = field(default_factory=list)  # each wake phrase's SNR, where measured
 
     def what_at(self, t: float) -> str:
         """The kind of the last render that started at or before ``t`` and ended within 1 s before it."""
