@@ -88,7 +88,10 @@ class TFLiteModel:
     """A single-input, single-output .tflite model called with float features, quantized or not."""
 
     def __init__(self, *, model_path: str | os.PathLike | None = None, model_content: bytes | None = None,
-                 num_threads: int = 1, backends: Sequence[tuple[str, str]] = BACKENDS) -> None:
+                 num_threads: int = 1, backends: Sequence[tuple[str, str]] = BACKENDS,
+                 input_shape: Sequence[int] | None = None) -> None:
+        """``input_shape`` resizes the input before the graph is planned, for graphs whose declared
+        shape is a placeholder (openWakeWord's mel graph declares [1, 1])."""
         if (model_path is None) == (model_content is None):
             raise ValueError("give exactly one of model_path or model_content")
         if model_path is not None:
@@ -99,6 +102,9 @@ class TFLiteModel:
         self.backend, interpreter_cls = find_interpreter(backends)
         try:
             self._it = interpreter_cls(model_content=model_content, num_threads=num_threads)
+            if input_shape is not None:
+                self._it.resize_tensor_input(self._it.get_input_details()[0]["index"], [int(s) for s in input_shape],
+                                             strict=False)
             self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             where = model_path if model_path is not None else "<model bytes>"
@@ -110,6 +116,24 @@ class TFLiteModel:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Float input of the model's input shape -> float output (dequantized when int8)."""
         x = np.asarray(x, np.float32).reshape(self.input.shape)
+        self._it.set_tensor(self.input.index, self.input.quantize(x))
+        self._it.invoke()
+        return self.output.dequantize(self._it.get_tensor(self.output.index))
+
+    def resize_input(self, shape: Sequence[int]) -> None:
+        """Give the input a new shape (a batch, or a different number of samples) and re-plan the graph."""
+        shape = tuple(int(s) for s in shape)
+        if shape == self.input.shape:
+            return
+        self._it.resize_tensor_input(self.input.index, list(shape), strict=False)
+        self._it.allocate_tensors()
+        self.input = _quant(self._it.get_input_details()[0])
+        self.output = _quant(self._it.get_output_details()[0])
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """One invocation on ``x`` of any shape the graph accepts (the input is resized to it first)."""
+        x = np.asarray(x, np.float32)
+        self.resize_input(x.shape)
         self._it.set_tensor(self.input.index, self.input.quantize(x))
         self._it.invoke()
         return self.output.dequantize(self._it.get_tensor(self.output.index))
