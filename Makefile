@@ -20,10 +20,13 @@ $(SYS_STAMP): deploy/debian-packages.txt deploy/install-debian-packages.sh
 	@mkdir -p $(VENV) && touch $@
 
 venv: $(PIP_STAMP)
+# The speech-embedding front end (gate/kws/embedding.py) reads its two graphs from openwakeword 0.5.1's
+# wheel; the wheel goes in without its dependencies (tflite-runtime, which breaks under numpy 2).
 $(PIP_STAMP): pyproject.toml | $(SYS_STAMP)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q --no-deps 'openwakeword==0.5.1'
 	touch $@
 
 # pytest exits 5 when it collected no test: that is a failure here.
