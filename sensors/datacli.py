@@ -138,14 +138,19 @@ def cmd_voices(args: argparse.Namespace) -> int:
 
     es = tts.discover(None, language=args.language)
     report = {"engines": {e: [v.id for v in es.voices[e]] for e in es.engines},
-              "espeak_variants": list(es.variants), "skipped": es.skipped}
+              "espeak_variants": list(es.variants), "skipped": es.skipped,
+              "rhvoice_excluded": sorted(tts.RHVOICE_EXCLUDED)}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     for e in es.engines:
         print(f"{e}: {len(es.voices[e])} voices: {', '.join(v.name for v in es.voices[e])}")
     if es.variants:
-        print(f"espeak variants: {len(es.variants)}: {', '.join(es.variants)}")
+        print(f"espeak variants: {len(es.variants)}: {', '.join(es.variants)}; random ones too, "
+              "e.g. espeak:en-us+rv0042-s7 (recipe corpus.random_variants)")
+    if "rhvoice" in es.engines:
+        print(f"rhvoice never used: {', '.join(sorted(tts.RHVOICE_EXCLUDED))} "
+              "(CMU ARCTIC speakers that flite/festival also voice)")
     for reason in es.skipped.values():
         print(f"skipped {reason}")
     return 0
@@ -173,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output directory (created; must be new or empty unless --force)")
     s.add_argument("--n", type=int, help="number of clips (default 1000)")
     s.add_argument("--seed", type=int, help="random seed (default 0); same seed, same bytes")
-    s.add_argument("--engines", help="comma list of espeak, mbrola, pico (default: every engine installed)")
+    s.add_argument("--engines", help="comma list of espeak, mbrola, pico, rhvoice (default: every engine installed)")
     s.add_argument("--voices", help="comma list of voices, e.g. espeak:en-us+f3,mbrola:mb-us1,pico:en-GB")
     s.add_argument("--language", help="voice language prefix (default en)")
     s.add_argument("--negatives", help="file of extra negative words/phrases, one per line")

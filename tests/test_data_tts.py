@@ -33,7 +33,7 @@ def test_discover_lists_english_voices_and_variants():
 def test_unknown_engine_and_empty_text():
     with pytest.raises(TTSError, match="unknown TTS engine 'flite'"):
         tts.discover(["flite"])
-    with pytest.raises(TTSError, match=r"unknown TTS engine 'festival' \(known: espeak, mbrola, pico\)"):
+    with pytest.raises(TTSError, match=r"unknown TTS engine 'festival' \(known: espeak, mbrola, pico, rhvoice\)"):
         tts.render(tts.Utterance("hey jarvis", tts.Voice("festival", "kal")))
     with pytest.raises(TTSError, match="empty text"):
         tts.render(tts.Utterance("  ", tts.Voice("espeak", "en-us")))

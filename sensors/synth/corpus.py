@@ -42,9 +42,10 @@ MANIFEST = "manifest.csv"
 SUMMARY = "synth.json"
 MANIFEST_FIELDS = ("path", "label", "split", "text", "engine", "voice", "rate", "pitch", "source",
                    "snr_db", "noise", "rt60_s", "band", "gain_db", "shift_s", "duration_s", "augmentation")
-# Share of renders per engine for speech labels. mbrola and pico have few voices but sound far
-# more natural than formant espeak, so they get more than their head-count.
-ENGINE_WEIGHTS = {"espeak": 0.5, "mbrola": 0.35, "pico": 0.15}
+# Share of renders per engine for speech labels. mbrola, pico and RHVoice have few voices but sound
+# far more natural than formant espeak, so they get more than their head-count. Normalised over the
+# engines present, so a run without RHVoice splits exactly as before it was added.
+ENGINE_WEIGHTS = {"espeak": 0.5, "mbrola": 0.35, "pico": 0.15, "rhvoice": 0.15}
 
 
 class SynthConfig(Strict):

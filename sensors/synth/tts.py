@@ -1,9 +1,14 @@
-"""Speech engines driven through their command-line tools: espeak-ng, mbrola (through espeak-ng)
-and pico2wave. Every render comes back as float32 mono at 16 kHz with silence trimmed, so
+"""Speech engines driven through their command-line tools: espeak-ng, mbrola (through espeak-ng),
+pico2wave and RHVoice (RHVoice-test). Every render comes back as float32 mono at 16 kHz with silence trimmed, so
 callers can place an utterance to the sample.
 
 The engines are found on PATH when asked (never at import) and each voice is probed once, because
 espeak-ng lists every mbrola voice it knows whether or not its diphone database is installed.
+RHVoice voices are read from their installed ``voice.info`` files: RHVoice-test silently falls
+back to its default voice when asked for one it does not have, so a probe could not tell.
+
+espeak voices also take random variants (``espeak:en-us+rv0042-s7``, see espeak_variants): files
+generated from a seed, rendered through a linked copy of espeak-ng's data directory.
 """
 
 from __future__ import annotations
@@ -16,22 +21,35 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from gate.audio import SAMPLE_RATE
+from sensors.synth import espeak_variants as randvar
 from sensors.synth.errors import TTSError
 from sensors.wavfile import resample
 
-ENGINES = ("espeak", "mbrola", "pico")
-BINARIES = {"espeak": "espeak-ng", "mbrola": "mbrola", "pico": "pico2wave"}
+ENGINES = ("espeak", "mbrola", "pico", "rhvoice")
+BINARIES = {"espeak": "espeak-ng", "mbrola": "mbrola", "pico": "pico2wave", "rhvoice": "RHVoice-test"}
 INSTALL_HINT = {
     "espeak": "apt-get install espeak-ng",
     "mbrola": "apt-get install mbrola mbrola-us1 (Debian contrib/non-free: deploy/enable-debian-nonfree.sh)",
     "pico": "apt-get install libttspico-utils (Debian non-free: deploy/enable-debian-nonfree.sh)",
+    "rhvoice": "apt-get install rhvoice rhvoice-english (Debian non-free: deploy/enable-debian-nonfree.sh)",
 }
 PICO_LANGS = ("en-US", "en-GB", "de-DE", "es-ES", "fr-FR", "it-IT")
+RHVOICE_VOICE_DIRS = ("/usr/share/RHVoice/voices", "/usr/local/share/RHVoice/voices")
+# RHVoice's slt, bdl and clb are CMU ARCTIC speakers, the same people flite and festival ship voices
+# of (cmu_us_slt, cmu_us_bdl, cmu_us_clb). No flite or festival speaker may be trained on, so these
+# voices are never listed, planned or rendered, whatever a recipe or command line asks.
+RHVOICE_EXCLUDED = frozenset({"slt", "bdl", "clb"})
+# RHVoice language names (voice.info) to the language tags the other engines use.
+RHVOICE_LANGS = {"English": "en", "Russian": "ru", "Ukrainian": "uk", "Polish": "pl", "Brazilian-Portuguese": "pt-BR",
+                 "Esperanto": "eo", "Kyrgyz": "ky", "Macedonian": "mk", "Tatar": "tt", "Albanian": "sq",
+                 "Georgian": "ka", "Uzbek": "uz", "Czech": "cs", "Slovak": "sk"}
+RHVOICE_PERCENT = (50, 200)  # RHVoice-test's -r and -t are percentages, clamped by it to this range
 DEFAULT_RATE = 175  # espeak-ng words per minute; pico speed is scaled from it
 DEFAULT_PITCH = 50  # espeak-ng 0..99
 TIMEOUT_S = 30.0
@@ -139,10 +157,44 @@ def pico_voices(language: str = "en") -> tuple[Voice, ...]:
     return tuple(Voice("pico", lang, "", lang) for lang in PICO_LANGS if _lang_match(lang, language))
 
 
+def _voice_info(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (ln.partition("=") for ln in text.splitlines()) if _}
+
+
+def rhvoice_excluded(name: str) -> bool:
+    """True for the RHVoice voices of speakers that flite or festival also voice (RHVOICE_EXCLUDED)."""
+    return name.lower() in RHVOICE_EXCLUDED
+
+
+@cache
+def rhvoice_voices(language: str = "en") -> tuple[Voice, ...]:
+    """Installed RHVoice voices for ``language``, RHVOICE_EXCLUDED left out. Named by their directory."""
+    if which("rhvoice") is None:
+        return ()
+    found: dict[str, Voice] = {}
+    for d in RHVOICE_VOICE_DIRS:
+        base = Path(d)
+        if not base.is_dir():
+            continue
+        for vdir in sorted(base.iterdir()):
+            info = _voice_info(vdir / "voice.info")
+            if not info or rhvoice_excluded(vdir.name):
+                continue
+            lang = RHVOICE_LANGS.get(info.get("language", ""), info.get("language", "").lower())
+            if _lang_match(lang, language):
+                found.setdefault(vdir.name, Voice("rhvoice", vdir.name, "", lang))
+    return tuple(sorted(found.values()))
+
+
 def installed_voices(engine: str, language: str = "en") -> tuple[Voice, ...]:
     """The installed voices of one engine for ``language`` (a prefix; "" means every language)."""
     _known(engine)
-    return {"espeak": espeak_voices, "mbrola": mbrola_voices, "pico": pico_voices}[engine](language)
+    return {"espeak": espeak_voices, "mbrola": mbrola_voices, "pico": pico_voices,
+            "rhvoice": rhvoice_voices}[engine](language)
 
 
 def _lang_match(lang: str, prefix: str) -> bool:
@@ -165,6 +217,7 @@ class EngineSet:
     voices: dict[str, tuple[Voice, ...]]
     variants: tuple[str, ...]
     skipped: dict[str, str]
+    random_variants: tuple[str, ...] = ()  # espeak_variants names, for training plans that ask for them
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -217,9 +270,10 @@ def select_voices(es: EngineSet, wanted: Sequence[str]) -> EngineSet:
             known = ", ".join(sorted(x.id for x in es.all_voices()))
             raise TTSError(f"unknown voice {w!r} (available: {known})", code="voice_unknown")
         if variant:
-            if v.engine != "espeak" or variant not in es.variants:
+            if v.engine != "espeak" or (variant not in es.variants and not randvar.is_random(variant)):
                 raise TTSError(f"unknown voice variant {w!r}: variants apply to espeak voices only "
-                               f"(known: {', '.join(es.variants)})", code="voice_unknown")
+                               f"(known: {', '.join(es.variants)}, or random ones like "
+                               f"{randvar.name(0, 42)})", code="voice_unknown")
             variants.append(variant)
         picked.setdefault(v.engine, [])
         if v not in picked[v.engine]:
@@ -236,9 +290,19 @@ def render(u: Utterance, *, trim: bool = True) -> np.ndarray:
     _known(v.engine)
     if v.engine in ("espeak", "mbrola"):
         name = v.name + (f"+{v.variant}" if v.variant else "")
+        # espeak-ng silently ignores a variant it cannot find, so a random one is written first.
+        path = ["--path", str(randvar.ensure(v.variant))] if randvar.is_random(v.variant) else []
         # Text goes on stdin so a phrase starting with '-' is never taken for an option.
-        r = _run(["espeak-ng", "-v", name, "-s", str(int(u.rate)), "-p", str(int(u.pitch)), "--stdout"],
+        r = _run(["espeak-ng", *path, "-v", name, "-s", str(int(u.rate)), "-p", str(int(u.pitch)), "--stdout"],
                  text_input=text)
+        data = r.stdout
+    elif v.engine == "rhvoice":
+        _check_rhvoice(v)
+        # Rate and pitch from espeak's scale as for pico; RHVoice clamps both to 50..200 %.
+        lo, hi = RHVOICE_PERCENT
+        speed = min(hi, max(lo, int(round(100 * u.rate / DEFAULT_RATE))))
+        pitch = min(hi, max(lo, int(round(100 + 1.2 * (u.pitch - DEFAULT_PITCH)))))
+        r = _run(["RHVoice-test", "-p", v.name, "-r", str(speed), "-t", str(pitch), "-o", "-"], text_input=text)
         data = r.stdout
     elif v.engine == "pico":
         speed = int(round(100 * u.rate / DEFAULT_RATE))
@@ -264,6 +328,16 @@ def render(u: Utterance, *, trim: bool = True) -> np.ndarray:
         raise TTSError(f"{v.id} returned unreadable audio for {text!r}: {exc}") from exc
     y = resample(x.mean(axis=1), int(sr), SAMPLE_RATE)
     return trim_silence(y) if trim else y
+
+
+def _check_rhvoice(v: Voice) -> None:
+    if rhvoice_excluded(v.name):
+        raise TTSError(f"{v.id} is excluded: a CMU ARCTIC speaker that flite/festival also voice "
+                       f"(excluded: {', '.join(sorted(RHVOICE_EXCLUDED))})", code="voice_unknown")
+    known = {x.name for x in rhvoice_voices("")}
+    if v.name not in known:
+        raise TTSError(f"unknown RHVoice voice {v.name!r} (installed: {', '.join(sorted(known)) or 'none'})",
+                       code="voice_unknown")
 
 
 def _xml_escape(s: str) -> str:
