@@ -59,7 +59,8 @@ train: setup
 compare: setup
 	$(PY) -m pip install -q --no-deps 'openwakeword==0.5.1'
 	$(PY) -m pip install -q 'onnxruntime>=1.17,<2' 'scikit-learn>=1,<2' 'pymicro-wakeword>=2.5,<3'
-	$(PY) -m cloud.compare --recipe datasets/recipes/hey_jarvis.yaml --out out/compare.json
+	$(PY) -m cloud.compare --recipe datasets/recipes/hey_jarvis.yaml --cache-dir out/cache \
+		--out out/compare.json --html out/compare.html
 
 clean:
 	rm -rf $(VENV) out bench.json .pytest_cache build *.egg-info
