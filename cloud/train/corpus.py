@@ -2,6 +2,10 @@
 
 Every render is drawn from a seeded generator before any process runs, so the corpus is the same
 whatever the number of workers. Voices are split once: ``eval_voices`` speak only in evaluation.
+
+Speakers come from four engines (espeak-ng with its stock variants, mbrola through it, pico2wave and
+RHVoice), from random espeak-ng variants (``engines(random_variants=N)``: pseudo-speakers drawn from a
+seed, training only) and, at augmentation time, from WORLD voice transformation (cloud.train.dataset).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from tqdm import tqdm
 
 from gate.vocabulary import COMMANDS
 from sensors.synth import confusables, tts
+from sensors.synth import espeak_variants as randvar
 from sensors.synth.errors import TTSError
 from sensors.synth.tts import EngineSet, Utterance, Voice, discover, render
 
@@ -73,6 +78,9 @@ def accent_voices(specs: Sequence) -> tuple[list[tuple[Voice, str]], dict[str, s
         if engine not in tts.ENGINES or not name:
             raise TTSError(f"accent voice {a.voice!r}: expected engine:name with engine one of "
                            f"{', '.join(tts.ENGINES)}", code="voice_unknown")
+        if engine == "rhvoice" and tts.rhvoice_excluded(name):
+            raise TTSError(f"accent voice {a.voice!r}: a CMU ARCTIC speaker that flite/festival also voice, "
+                           "never used", code="voice_unknown")
         if tts.which(engine) is None:
             skipped[a.voice] = tts.missing_reason(engine)
             continue
@@ -89,11 +97,14 @@ def accent_voices(specs: Sequence) -> tuple[list[tuple[Voice, str]], dict[str, s
 def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: np.random.Generator,
          n_pos: int, n_conf: int, n_speech: int, n_cmd: int, rate: tuple[int, int],
          pitch: tuple[int, int], accents: Sequence[tuple[Voice, str]] = (),
-         accent_share: float = 0.0) -> list[tuple[str, Utterance]]:
+         accent_share: float = 0.0, random_variants: Sequence[str] = (),
+         random_variant_share: float = 0.0) -> list[tuple[str, Utterance]]:
     """(kind, utterance) pairs for a corpus; espeak voices get a random variant half the time.
 
     ``accents`` are (voice, respelled phrase) pairs of other-language voices: ``accent_share`` of the
-    wake phrases and of the other speech go to them (accented speakers, and talk in other languages)."""
+    wake phrases and of the other speech go to them (accented speakers, and talk in other languages).
+    ``random_variant_share`` of the espeak renders speak with one of ``random_variants`` (generated
+    pseudo-speakers) instead; without them the plan draws exactly what it drew before."""
     words = phrase.split()
     # Edits of the first word only ("bey jarvis") are within how people say the phrase anyway;
     # rejecting them would cost misses, so only edits that keep the first word are negatives.
@@ -111,7 +122,10 @@ def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: 
 
     def utt(text: str, v: Voice | None = None) -> Utterance:
         v = v or voices[int(rng.integers(len(voices)))]
-        if v.engine == "espeak" and variants and rng.random() < 0.5:
+        if (v.engine == "espeak" and random_variants and random_variant_share > 0
+                and rng.random() < random_variant_share):
+            v = Voice(v.engine, v.name, random_variants[int(rng.integers(len(random_variants)))], v.language)
+        elif v.engine == "espeak" and variants and rng.random() < 0.5:
             v = Voice(v.engine, v.name, variants[int(rng.integers(len(variants)))], v.language)
         return Utterance(text, v, rate=int(rng.integers(rate[0], rate[1] + 1)),
                          pitch=int(rng.integers(pitch[0], pitch[1] + 1)))
@@ -152,10 +166,16 @@ def synthesise(items: Sequence[tuple[str, Utterance]], *, workers: int = 2, desc
     return [r for r in done if r is not None and r.audio.size > 800]
 
 
-def engines(names: Sequence[str]) -> EngineSet:
-    """The installed voices of the named engines (missing engines are skipped, all missing is an error)."""
+def engines(names: Sequence[str], *, random_variants: int = 0, random_variant_seed: int = 0) -> EngineSet:
+    """The installed voices of the named engines (missing engines are skipped, all missing is an error),
+    with ``random_variants`` random espeak variants of ``random_variant_seed`` written to disk and named."""
     es = discover(None)
     voices = {e: v for e, v in es.voices.items() if e in names}
     if not voices:
         raise TTSError(f"none of the engines {list(names)} is available ({es.skipped})", code="tts_missing")
-    return EngineSet(voices, es.variants if "espeak" in voices else (), es.skipped)
+    rv: tuple[str, ...] = ()
+    if random_variants and "espeak" in voices:
+        rv = randvar.write(random_variants, random_variant_seed)
+    elif random_variants:
+        log.warning("random_variants %d skipped: espeak is not among the available engines", random_variants)
+    return EngineSet(voices, es.variants if "espeak" in voices else (), es.skipped, rv)

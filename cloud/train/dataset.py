@@ -17,6 +17,7 @@ from tqdm import tqdm
 from cloud.train import augment
 from cloud.train.corpus import Render
 from cloud.train.recipe import AugmentSpec
+from sensors.synth import voicex
 
 SR = 16_000
 
@@ -43,7 +44,11 @@ def _place(speech: np.ndarray, n: int, end_at: int) -> np.ndarray:
 
 
 def perturb(audio: np.ndarray, rng: np.random.Generator, aug: AugmentSpec) -> np.ndarray:
-    """Speed-perturbed with probability ``aug.speed_prob`` (no draw at all when it is 0)."""
+    """Another speaker with probability ``aug.world_prob`` (WORLD: F0, vocal-tract length, breathiness),
+    then speed-perturbed with probability ``aug.speed_prob``; no draw at all for a probability of 0."""
+    if aug.world_prob > 0 and rng.random() < aug.world_prob:
+        audio = voicex.transform(audio, rng, f0_semitones=aug.world_f0_semitones, f0_range=aug.world_f0_range,
+                                 alpha=aug.world_alpha, aperiodicity_db=aug.world_aperiodicity_db)
     if aug.speed_prob > 0 and rng.random() < aug.speed_prob:
         return augment.speed(audio, rng, *aug.speed)
     return audio

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from gate.errors import ConfigError
 from gate.strict import Strict
+from sensors.synth import tts
 
 
 class AccentSpec(Strict):
@@ -23,9 +24,23 @@ class AccentSpec(Strict):
     @classmethod
     def _engine_name(cls, v: str) -> str:
         engine, _, name = v.partition(":")
-        if engine not in ("espeak", "mbrola", "pico") or not name:
-            raise ValueError(f"{v!r}: expected engine:name, engine one of espeak, mbrola, pico")
+        if engine not in ("espeak", "mbrola", "pico", "rhvoice") or not name:
+            raise ValueError(f"{v!r}: expected engine:name, engine one of espeak, mbrola, pico, rhvoice")
+        _not_excluded(v)
         return v
+
+
+def _not_excluded(voice: str) -> None:
+    """RHVoice's CMU ARCTIC speakers (sensors.synth.tts.RHVOICE_EXCLUDED) fail the recipe on load."""
+    engine, _, name = voice.partition(":")
+    if engine == "rhvoice" and tts.rhvoice_excluded(name.partition("+")[0]):
+        raise ValueError(f"{voice!r} is a CMU ARCTIC speaker that flite/festival also voice: never used")
+
+
+def _ordered(name: str, v: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:
+    if not lo <= v[0] <= v[1] <= hi:
+        raise ValueError(f"{name} {list(v)}: need {lo} <= low <= high <= {hi}")
+    return v
 
 
 class CorpusSpec(Strict):
@@ -37,7 +52,7 @@ class CorpusSpec(Strict):
     command_renders: int = Field(1500, ge=0, le=200_000, description="Renders of command phrases")
     rate_wpm: tuple[int, int] = Field((130, 220), description="Speaking-rate range, espeak words per minute")
     pitch: tuple[int, int] = Field((25, 80), description="Pitch range, espeak 0..99")
-    engines: list[Literal["espeak", "mbrola", "pico"]] = Field(["espeak", "mbrola", "pico"])
+    engines: list[Literal["espeak", "mbrola", "pico", "rhvoice"]] = Field(["espeak", "mbrola", "pico"])
     eval_voices: list[str] = Field(
         ["espeak:en-gb-x-gbcwmd", "mbrola:mb-us3", "mbrola:mb-de5-en", "pico:en-GB"],
         description="Held out from training; evaluation scenes speak only with these")
@@ -48,6 +63,21 @@ class CorpusSpec(Strict):
     accents: list[AccentSpec] = Field([], description="Accented speakers: other-language voices, phrase respelled")
     accent_share: float = Field(
         0.0, ge=0.0, le=0.9, description="Share of wake-phrase and other-speech renders given to the accents")
+    random_variants: int = Field(
+        0, ge=0, le=100_000, description="Random espeak-ng variants (pseudo-speakers) drawn from random_variant_seed "
+                                         "for the training voices; 0 = off")
+    random_variant_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the random variants' voice files")
+    random_variant_share: float = Field(
+        0.75, ge=0.0, le=1.0, description="With random_variants: share of espeak training renders given a random "
+                                          "variant (the rest keep the stock variants half the time)")
+
+    @model_validator(mode="after")
+    def _speaker_sources(self) -> CorpusSpec:
+        for v in self.eval_voices:
+            _not_excluded(v)
+        if self.random_variants and "espeak" not in self.engines:
+            raise ValueError(f"random_variants {self.random_variants} needs the espeak engine in engines")
+        return self
 
     @model_validator(mode="after")
     def _accents_not_held_out(self) -> CorpusSpec:
@@ -70,6 +100,36 @@ class AugmentSpec(Strict):
     speed_prob: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of renders speed-perturbed (pitch, formants, tempo)")
     speed: tuple[float, float] = Field((0.85, 1.15), description="Speed-perturbation factor range")
+    world_prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of training renders turned into another speaker with the WORLD "
+                                         "vocoder (sensors/synth/voicex.py) before the other augmentation; 0 = off")
+    world_f0_semitones: tuple[float, float] = Field((-4.0, 4.0), description="WORLD: F0 shift range, semitones")
+    world_f0_range: tuple[float, float] = Field(
+        (0.7, 1.4), description="WORLD: range of the scale of F0 movement around its mean (intonation)")
+    world_alpha: tuple[float, float] = Field(
+        (0.85, 1.2), description="WORLD: spectral-envelope frequency-warp range (vocal-tract length; > 1 shorter)")
+    world_aperiodicity_db: tuple[float, float] = Field(
+        (-6.0, 6.0), description="WORLD: aperiodicity change range, dB (> 0 breathier)")
+
+    @field_validator("world_f0_semitones")
+    @classmethod
+    def _f0_semitones(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered("world_f0_semitones", v, -12.0, 12.0)
+
+    @field_validator("world_f0_range")
+    @classmethod
+    def _f0_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered("world_f0_range", v, 0.0, 3.0)
+
+    @field_validator("world_alpha")
+    @classmethod
+    def _alpha(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered("world_alpha", v, 0.7, 1.4)
+
+    @field_validator("world_aperiodicity_db")
+    @classmethod
+    def _aperiodicity(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered("world_aperiodicity_db", v, -20.0, 20.0)
 
 
 class ModelSpec(Strict):
