@@ -32,7 +32,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from gate.encoder import EncodedSegment, SegmentEncoder
-from gate.energy import ADC, ANALOG_GATE, ENCODER, FEATURES_KWS, EnergyLedger, LedgerSnapshot, load_profile
+from gate.energy import (
+    ADC,
+    ANALOG_GATE,
+    ENCODER,
+    FEATURES_KWS,
+    SECOND_STAGE,
+    EnergyLedger,
+    LedgerSnapshot,
+    load_profile,
+)
 from gate.kws.detector import Detection
 from gate.segmenter import Segment, Segmenter
 from gate.wire import new_id
@@ -50,6 +59,12 @@ class Spotter(Protocol):
     def reset(self, t0_s: float = 0.0) -> None: ...
 
     def process(self, samples: np.ndarray) -> list[Detection]: ...
+
+
+class Checker(Protocol):
+    """What the cascade needs of a second stage (gate.kws.second_stage.EmbeddingCheck is one)."""
+
+    def verify(self, samples: np.ndarray, fired_at_s: float) -> tuple[bool, float]: ...
 
 
 class Publisher(Protocol):
@@ -78,6 +93,15 @@ class Published:
 class CascadeOutput:
     events: list[GateEvent] = field(default_factory=list)
     segments: list[Published] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)  # candidates the second stage kept off the radio
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A tiny-model candidate the on-node second stage rejected: not encoded, not uploaded."""
+
+    segment: Segment
+    score: float
 
 
 @dataclass(slots=True)
@@ -93,6 +117,9 @@ class _Counters:
     segments: int = 0
     segment_samples: int = 0
     encoded_bytes: int = 0
+    second_checks: int = 0
+    second_samples: int = 0  # audio the second stage embedded
+    second_rejected: int = 0
 
     def minus(self, other: _Counters) -> _Counters:
         return _Counters(**{k: getattr(self, k) - getattr(other, k) for k in self.__slots__})
@@ -105,7 +132,7 @@ class Cascade:
     def __init__(self, *, front: AnalogFrontEnd, segmenter: Segmenter, encoder: SegmentEncoder,
                  kws: Spotter | None, ledger: EnergyLedger, publisher: Publisher | None = None,
                  adc_startup_s: float = 0.0, sample_rate: int = 16_000,
-                 on_segment: Callable[[Published], None] | None = None) -> None:
+                 on_segment: Callable[[Published], None] | None = None, second_stage: Checker | None = None) -> None:
         if front.sample_rate != sample_rate or segmenter.sample_rate != sample_rate:
             raise ValueError("front end, segmenter and cascade must share one sample rate")
         if ANALOG_GATE not in ledger.always_on:
@@ -118,6 +145,7 @@ class Cascade:
         self.ledger = ledger
         self.publisher = publisher
         self.on_segment = on_segment
+        self.second_stage = second_stage
         self.sample_rate = sample_rate
         self.startup = int(round(adc_startup_s * sample_rate))
         self.store = int(round(segmenter.config.analog_preroll_s * sample_rate))
@@ -127,8 +155,10 @@ class Cascade:
     def from_config(cls, settings: Any, *, ledger: EnergyLedger | None = None, publisher: Publisher | None = None,
                     kws: Spotter | None | str = "auto", node_id: str | None = None, boot_id: str | None = None,
                     wall_clock: Callable[[], float] | None = None, adc_startup_s: float | None = None,
-                    on_segment: Callable[[Published], None] | None = None) -> Cascade:
-        """Build every stage from a GateSettings tree. ``kws="auto"`` loads the configured model."""
+                    on_segment: Callable[[Published], None] | None = None,
+                    second_stage: Checker | None | str = "auto") -> Cascade:
+        """Build every stage from a GateSettings tree. ``kws="auto"`` loads the configured model, and
+        ``second_stage="auto"`` the configured second stage when ``kws.second_stage.enabled``."""
         sr = settings.audio.sample_rate
         if kws == "auto":
             from gate.kws import KeywordSpotter
@@ -136,12 +166,15 @@ class Cascade:
             kws = KeywordSpotter.from_config(settings.kws, sr)
         if adc_startup_s is None:
             adc_startup_s = adc_startup_of(settings.energy.profile)
+        if second_stage == "auto":
+            second_stage = load_second_stage(settings)
         encoder = SegmentEncoder(node_id=node_id or settings.mqtt.node_id, boot_id=boot_id or new_id(),
                                  codec=settings.segmenter.codec, sample_rate=sr, wall_clock=wall_clock)
         return cls(front=AnalogFrontEnd.from_config(settings.analog, sample_rate=sr),
                    segmenter=Segmenter.from_config(settings.segmenter, sr), encoder=encoder, kws=kws,
                    ledger=ledger if ledger is not None else EnergyLedger(always_on=(ANALOG_GATE,)),
-                   publisher=publisher, adc_startup_s=adc_startup_s, sample_rate=sr, on_segment=on_segment)
+                   publisher=publisher, adc_startup_s=adc_startup_s, sample_rate=sr, on_segment=on_segment,
+                   second_stage=second_stage)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -214,7 +247,8 @@ class Cascade:
         self._charge()
         return out
 
-    def reconfigure(self, settings: Any, *, kws: Spotter | None | str = "auto") -> None:
+    def reconfigure(self, settings: Any, *, kws: Spotter | None | str = "auto",
+                    second_stage: Checker | None | str = "auto") -> None:
         """New analog, kws and segmenter settings between segments, keeping the audio clock.
 
         Everything new is built first, so a model that fails to load leaves the cascade untouched.
@@ -230,11 +264,12 @@ class Cascade:
                 from gate.kws import KeywordSpotter
 
                 kws = KeywordSpotter.from_config(settings.kws, sr)
+        second = load_second_stage(settings) if second_stage == "auto" else second_stage
         front = AnalogFrontEnd.from_config(settings.analog, sample_rate=sr)
         segmenter = Segmenter.from_config(settings.segmenter, sr)
         segmenter.n_segments = self.segmenter.n_segments  # seq counts segments of the boot, not of a config
         self._charge()
-        self.front, self.segmenter, self.kws = front, segmenter, kws
+        self.front, self.segmenter, self.kws, self.second_stage = front, segmenter, kws, second
         self._front_origin = self._pos
         self.store = int(round(settings.segmenter.analog_preroll_s * sr))
         self._hist = self._hist[-self.store:] if self.store else self._hist[:0]
@@ -309,6 +344,17 @@ class Cascade:
         self.suppressed_detections += self.segmenter.suppressed - was
 
     def _emit(self, seg: Segment, out: CascadeOutput) -> None:
+        if self.second_stage is not None:
+            before = getattr(self.second_stage, "audio_s", None)
+            accepted, score = self.second_stage.verify(seg.samples, seg.t_detect_s - seg.t_start_s)
+            self._n.second_checks += 1
+            # The audio the check embedded (only the windows it needs); the whole segment if it does not say.
+            embedded = (self.second_stage.audio_s - before) if before is not None else seg.n_samples / self.sample_rate
+            self._n.second_samples += int(round(embedded * self.sample_rate))
+            if not accepted:
+                self._n.second_rejected += 1
+                out.rejected.append(Rejected(segment=seg, score=float(score)))
+                return
         self._charge()
         now = self.ledger.snapshot()
         delta = now.subtract(self._since_segment) if self._since_segment is not None else now
@@ -335,6 +381,8 @@ class Cascade:
                                nbytes=2 * d.adc_digitised)
         if d.kws_inferences or d.kws_fed:
             self.ledger.charge(FEATURES_KWS, invocations=d.kws_inferences, active_seconds=d.kws_fed / sr)
+        if d.second_checks:
+            self.ledger.charge(SECOND_STAGE, invocations=d.second_checks, active_seconds=d.second_samples / sr)
         if d.segments:
             self.ledger.charge(ENCODER, invocations=d.segments, active_seconds=d.segment_samples / sr,
                                nbytes=d.encoded_bytes)
@@ -342,6 +390,23 @@ class Cascade:
     def counts(self) -> dict[str, int]:
         """Raw integer counters (samples, not seconds): for tests and the report."""
         return {k: getattr(self._n, k) for k in self._n.__slots__}
+
+
+def load_second_stage(settings: Any) -> Checker | None:
+    """The configured on-node second stage, or None when ``kws.second_stage.enabled`` is off. A profile
+    that does not price the stage (MCU-class nodes, which cannot run it) is refused, naming the profile."""
+    cfg = settings.kws.second_stage
+    if not cfg.enabled:
+        return None
+    from gate.errors import ConfigError
+
+    if SECOND_STAGE not in load_profile(settings.energy.profile).stages:
+        raise ConfigError(f"kws.second_stage.enabled: energy profile {settings.energy.profile!r} does not price "
+                          f"{SECOND_STAGE} (the second stage is for Pi-class nodes; MCU profiles leave it off)",
+                          code="second_stage_profile")
+    from gate.kws.second_stage import DEFAULT_SECOND_STAGE, EmbeddingCheck
+
+    return EmbeddingCheck(model_path=cfg.model_path or DEFAULT_SECOND_STAGE, threshold=cfg.threshold)
 
 
 @functools.lru_cache(maxsize=16)

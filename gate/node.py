@@ -105,6 +105,7 @@ class PacedSource:
 class NodeStats:
     blocks: int = 0
     segments: int = 0
+    second_stage_rejected: int = 0
     verdicts: int = 0
     reloads: int = 0
     reload_failures: int = 0
@@ -195,6 +196,10 @@ class Node:
             log.info("segment %s: %.2f-%.2f s, detected at %.2f s (score %.2f), %d B %s",
                      p.encoded.segment_id, s.t_start_s, s.t_end_s, s.t_detect_s, s.score,
                      len(p.encoded.payload), self.cascade.encoder.codec)
+        for r in out.rejected:
+            self.stats.second_stage_rejected += 1
+            log.info("candidate at %.2f s (score %.2f) rejected by the second stage (score %.2f): not uploaded",
+                     r.segment.t_detect_s, r.segment.score, r.score)
 
     def _heartbeat(self) -> None:
         from gate.wire import Heartbeat

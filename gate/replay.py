@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from gate.cascade import Cascade, Published
+from gate.cascade import Cascade, Published, Rejected
 from gate.config import GateSettings
 from gate.energy import (
     ADC,
@@ -167,6 +167,14 @@ def load_kws(settings: GateSettings) -> tuple[Any | None, str | None]:
         return None, str(exc)
 
 
+def second_stage_record(cascade: Cascade, rejected: list[Rejected]) -> dict:
+    """What the on-node second stage did in a file: candidates checked, and the ones it kept off the radio."""
+    n = cascade.counts()
+    return {"checks": n["second_checks"], "rejected": n["second_rejected"],
+            "rejected_detections": [{"detect_s": round(r.segment.t_detect_s, 6), "kws_score": round(r.segment.score, 6),
+                                     "second_stage_score": round(r.score, 6)} for r in rejected]}
+
+
 def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publisher: Any | None = None,
                 realtime: bool = False, reference_kws: Any | None = None,
                 progress: Callable[[float], None] | None = None) -> FileResult:
@@ -184,6 +192,7 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
     level = LevelMeter(cascade.sample_rate)
     events: list[GateEvent] = []
     published: list[Published] = []
+    rejected: list[Rejected] = []
     reference_hits: list[float] = []
     t_start = time.monotonic()
     for block in source.blocks():
@@ -194,12 +203,15 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
             out = cascade.process(piece)
             events.extend(out.events)
             published.extend(out.segments)
+            rejected.extend(out.rejected)
             level.push(piece)
             if reference_kws is not None:
                 reference_hits.extend(d.t_s for d in reference_kws.process(piece))
             if progress is not None:
                 progress(piece.size / cascade.sample_rate)
-    published.extend(cascade.flush().segments)
+    tail = cascade.flush()
+    published.extend(tail.segments)
+    rejected.extend(tail.rejected)
     audio_s = cascade.t_s
     keepalive = getattr(publisher, "keepalive", None)  # the link's pings over this file's audio
     if keepalive is not None:
@@ -216,7 +228,9 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
     return FileResult(path=str(path), audio_seconds=audio_s, intervals=open_intervals(events, audio_s),
                       counts=ledger.snapshot(), n_ticks=cascade.counts()["ticks"],
                       detections=[{"path": str(path), **p.record, "verdict": None} for p in published],
-                      extra={"suppressed_detections": cascade.suppressed_detections},
+                      extra={"suppressed_detections": cascade.suppressed_detections,
+                             **({"second_stage": second_stage_record(cascade, rejected)}
+                                if cascade.second_stage is not None else {})},
                       trace=trace, reference_trace=reference_trace, reference_detections=reference_hits,
                       level_db=level.db)
 

@@ -22,10 +22,11 @@ from typing import Any
 ANALOG_GATE = "analog_gate"
 ADC = "adc"
 FEATURES_KWS = "features_kws"
+SECOND_STAGE = "second_stage"  # the on-node speech-embedding check of tiny-model candidates (Pi-class nodes)
 ENCODER = "encoder"
 RADIO = "radio"
 CLOUD = "cloud"
-STAGES: tuple[str, ...] = (ANALOG_GATE, ADC, FEATURES_KWS, ENCODER, RADIO, CLOUD)
+STAGES: tuple[str, ...] = (ANALOG_GATE, ADC, FEATURES_KWS, SECOND_STAGE, ENCODER, RADIO, CLOUD)
 
 # Priced from audio seconds by the model, so it can never be charged as a stage.
 HOST = "host"

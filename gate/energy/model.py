@@ -22,15 +22,18 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator, m
 from gate.errors import ProfileError
 from gate.strict import Strict
 
-from .ledger import CLOUD, HOST, RADIO, STAGES, LedgerSnapshot, ordered_stages, validate_stage
+from .ledger import CLOUD, HOST, RADIO, SECOND_STAGE, STAGES, LedgerSnapshot, ordered_stages, validate_stage
 
 J_PER_KWH = 3.6e6
 DEFAULT_GRID_G_CO2E_PER_KWH = 475.0
 DEFAULT_CARBON_SOURCE = "IEA 2019 world-average grid intensity, CodeCarbon's default (ENERGY.md: Cloud and carbon)"
 
 # Node stages every profile must price explicitly (zero is fine, silence is not): a typo such as
-# "feature_kws" would otherwise leave the real stage unpriced without anyone noticing.
-NODE_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != CLOUD)
+# "feature_kws" would otherwise leave the real stage unpriced without anyone noticing. The second stage
+# is optional: only profiles of nodes that can run it (Pi-class) price it, and kws.second_stage is
+# refused on a profile without it.
+OPTIONAL_STAGES: tuple[str, ...] = (SECOND_STAGE,)
+NODE_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != CLOUD and s not in OPTIONAL_STAGES)
 
 
 def _not_bool(v: Any) -> Any:

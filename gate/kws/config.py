@@ -9,6 +9,21 @@ from pydantic import Field, model_validator
 from gate.strict import Strict
 
 
+class SecondStageConfig(Strict):
+    """The on-node second stage (Pi-class nodes): speech embeddings check each candidate before upload.
+
+    It runs only on the segment around a tiny-model candidate. Off on MCU profiles, which cannot run it."""
+
+    enabled: bool = Field(
+        False, description="Check every tiny-model candidate on the node with the speech-embedding model; a "
+                           "rejected candidate is not uploaded (needs openwakeword==0.5.1 installed, and an "
+                           "energy profile that prices second_stage)")
+    model_path: str | None = Field(
+        None, description="Embedding-head .tflite; null = the shipped gate/models/second_stage.tflite")
+    threshold: float | None = Field(
+        None, gt=0.0, lt=1.0, description="Accept at or above this score; null = the model card's threshold")
+
+
 class KwsConfig(Strict):
     """The tiny keyword spotter on the node and its detector."""
 
@@ -30,6 +45,7 @@ class KwsConfig(Strict):
         1.5, ge=0.0, le=30.0, description="After a detection, further hits are ignored for this long, audio seconds")
     stride_frames: int = Field(
         3, ge=1, le=20, description="Feature frames between inferences (3 x 10 ms = one inference every 30 ms)")
+    second_stage: SecondStageConfig = Field(default_factory=SecondStageConfig)
 
     @model_validator(mode="after")
     def _smoothing_covers_inferences(self) -> KwsConfig:
