@@ -45,6 +45,7 @@ VOICES = ("kal16", "awb", "rms", "slt", "kal")   # kal is the 8 kHz diphone voic
 STRETCHES = (0.85, 1.0, 1.2)                    # flite duration_stretch: faster, as built, slower
 HUMAN_SPEECH = Path("/usr/share/asterisk/sounds/en_US_f_Allison")  # asterisk-core-sounds-en-wav, 8 kHz
 MUSIC = Path("/usr/share/asterisk/moh")                           # asterisk-moh-opsound-wav, 8 kHz
+HUMAN_MAX_S = 15.0
 KINDS = ("music", "noise", "talk")
 SNR_DB = (0.0, 30.0)
 SNR_BANDS = ((0.0, 10.0), (10.0, 20.0), (20.0, 30.0))
@@ -183,15 +184,15 @@ def _wavs(root: Path, package: str) -> list[Path]:
 
 @cache
 def human_speech(root: Path = HUMAN_SPEECH) -> tuple[np.ndarray, ...]:
-    """The asterisk prompts (one woman's recorded voice, 8 kHz) at 16 kHz, silence trimmed; tones, beeps
-    and the silence files left out."""
+    """The asterisk prompts (one woman's recorded voice, 8 kHz) at 16 kHz, silence trimmed; tones, beeps,
+    the silence files and the few long tutorials (over ``HUMAN_MAX_S``) left out."""
     out = []
     for p in _wavs(root, "asterisk-core-sounds-en-wav"):
         rel = p.relative_to(root).as_posix()
         if rel.startswith("silence/") or "tone" in p.stem or "beep" in p.stem:
             continue
         x = trim_silence(_read_8k(p))
-        if x.size >= SR // 4 and np.max(np.abs(x)) > 1e-3:
+        if SR // 4 <= x.size <= HUMAN_MAX_S * SR and np.max(np.abs(x)) > 1e-3:
             out.append(x)
     return tuple(out)
 
@@ -309,18 +310,18 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
     for sec in (rng.choice(free, size=n_conf, replace=False) if n_conf else []):
         put(near[int(rng.integers(len(near)))].audio, int(sec * SR), "confusable", rng.uniform(*SNR_DB))
         busy[max(0, sec - 1):sec + 6] = True
-    # Other talk never overlaps a wake phrase's or near-miss's slot.
+    # Other talk never overlaps a wake phrase's or near-miss's slot, however long the utterance.
     gap = 3.0 if kind == "talk" else 6.0
     t = 0.0
     while t < seconds - 5:
         t += rng.exponential(gap)
-        sec = int(t)
-        if sec >= busy.size - 5 or busy[sec:sec + 5].any():
-            continue
         if human and rng.random() < 0.5:
             x, what = human[int(rng.integers(len(human)))], "human_speech"
         else:
             x, what = speech[int(rng.integers(len(speech)))], "speech"
+        sec = int(t)
+        if sec >= seconds - 1 or busy[sec:sec + int(np.ceil(x.size / SR)) + 2].any():
+            continue
         _, b, _, _ = put(x, int(t * SR), what, rng.uniform(*SNR_DB))
         t = b / SR
     return Scene(f"{ENGINE}_{kind}", np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), keywords,
