@@ -150,7 +150,7 @@ def cmd_voices(args: argparse.Namespace) -> int:
               "e.g. espeak:en-us+rv0042-s7 (recipe corpus.random_variants)")
     if "rhvoice" in es.engines:
         print(f"rhvoice never used: {', '.join(sorted(tts.RHVOICE_EXCLUDED))} "
-              "(CMU ARCTIC speakers that flite/festival also voice)")
+              "(CMU ARCTIC speakers, kept out of the speech data)")
     for reason in es.skipped.values():
         print(f"skipped {reason}")
     return 0

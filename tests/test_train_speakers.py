@@ -110,7 +110,8 @@ def test_random_variant_files_are_a_function_of_seed_and_index_within_human_rang
 
 
 def test_random_variants_are_written_once_and_render_deterministically_and_differently(tmp_path):
-    es = corpus.engines(["espeak"], random_variants=4, random_variant_seed=11)
+    assert corpus.with_random_variants(corpus.engines(["pico"]), 4, 11).random_variants == ()
+    es = corpus.with_random_variants(corpus.engines(["espeak"]), 4, 11)
     assert es.random_variants == randvar.names(4, 11) and "espeak" in es.engines
     vdir = randvar.data_dir() / "espeak-ng-data" / "voices" / "!v"
     written = {n: (vdir / n).read_text() for n in es.random_variants}

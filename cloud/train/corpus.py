@@ -4,8 +4,8 @@ Every render is drawn from a seeded generator before any process runs, so the co
 whatever the number of workers. Voices are split once: ``eval_voices`` speak only in evaluation.
 
 Speakers come from four engines (espeak-ng with its stock variants, mbrola through it, pico2wave and
-RHVoice), from random espeak-ng variants (``engines(random_variants=N)``: pseudo-speakers drawn from a
-seed, training only) and, at augmentation time, from WORLD voice transformation (cloud.train.dataset).
+RHVoice), from random espeak-ng variants (pseudo-speakers drawn from a seed, training only:
+``with_random_variants``) and, at augmentation time, from WORLD voice transformation (cloud.train.dataset).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def accent_voices(specs: Sequence) -> tuple[list[tuple[Voice, str]], dict[str, s
             raise TTSError(f"accent voice {a.voice!r}: expected engine:name with engine one of "
                            f"{', '.join(tts.ENGINES)}", code="voice_unknown")
         if engine == "rhvoice" and tts.rhvoice_excluded(name):
-            raise TTSError(f"accent voice {a.voice!r}: a CMU ARCTIC speaker that flite/festival also voice, "
+            raise TTSError(f"accent voice {a.voice!r}: a CMU ARCTIC speaker, kept out of the speech data: "
                            "never used", code="voice_unknown")
         if tts.which(engine) is None:
             skipped[a.voice] = tts.missing_reason(engine)
@@ -166,16 +166,20 @@ def synthesise(items: Sequence[tuple[str, Utterance]], *, workers: int = 2, desc
     return [r for r in done if r is not None and r.audio.size > 800]
 
 
-def engines(names: Sequence[str], *, random_variants: int = 0, random_variant_seed: int = 0) -> EngineSet:
-    """The installed voices of the named engines (missing engines are skipped, all missing is an error),
-    with ``random_variants`` random espeak variants of ``random_variant_seed`` written to disk and named."""
+def engines(names: Sequence[str]) -> EngineSet:
+    """The installed voices of the named engines (missing engines are skipped, all missing is an error)."""
     es = discover(None)
     voices = {e: v for e, v in es.voices.items() if e in names}
     if not voices:
         raise TTSError(f"none of the engines {list(names)} is available ({es.skipped})", code="tts_missing")
-    rv: tuple[str, ...] = ()
-    if random_variants and "espeak" in voices:
-        rv = randvar.write(random_variants, random_variant_seed)
-    elif random_variants:
-        log.warning("random_variants %d skipped: espeak is not among the available engines", random_variants)
-    return EngineSet(voices, es.variants if "espeak" in voices else (), es.skipped, rv)
+    return EngineSet(voices, es.variants if "espeak" in voices else (), es.skipped)
+
+
+def with_random_variants(es: EngineSet, n: int, seed: int) -> EngineSet:
+    """``es`` with ``n`` random espeak variants of ``seed`` written to disk and named in ``random_variants``
+    (for ``plan``); unchanged when ``n`` is 0 or espeak is not among its engines (logged)."""
+    if n and "espeak" not in es.engines:
+        log.warning("random_variants %d skipped: espeak is not among the available engines", n)
+    if not n or "espeak" not in es.engines:
+        return es
+    return EngineSet(es.voices, es.variants, es.skipped, randvar.write(n, seed))

@@ -34,7 +34,7 @@ def _not_excluded(voice: str) -> None:
     """RHVoice's CMU ARCTIC speakers (sensors.synth.tts.RHVOICE_EXCLUDED) fail the recipe on load."""
     engine, _, name = voice.partition(":")
     if engine == "rhvoice" and tts.rhvoice_excluded(name.partition("+")[0]):
-        raise ValueError(f"{voice!r} is a CMU ARCTIC speaker that flite/festival also voice: never used")
+        raise ValueError(f"{voice!r} is a CMU ARCTIC speaker, kept out of the speech data: never used")
 
 
 def _ordered(name: str, v: tuple[float, float], lo: float, hi: float) -> tuple[float, float]:

@@ -166,7 +166,7 @@ def _voice_info(path: Path) -> dict[str, str]:
 
 
 def rhvoice_excluded(name: str) -> bool:
-    """True for the RHVoice voices of speakers that flite or festival also voice (RHVOICE_EXCLUDED)."""
+    """True for RHVoice's CMU ARCTIC voices, which training never uses (RHVOICE_EXCLUDED says why)."""
     return name.lower() in RHVOICE_EXCLUDED
 
 
@@ -332,7 +332,7 @@ def render(u: Utterance, *, trim: bool = True) -> np.ndarray:
 
 def _check_rhvoice(v: Voice) -> None:
     if rhvoice_excluded(v.name):
-        raise TTSError(f"{v.id} is excluded: a CMU ARCTIC speaker that flite/festival also voice "
+        raise TTSError(f"{v.id} is excluded: a CMU ARCTIC speaker, kept out of the speech data "
                        f"(excluded: {', '.join(sorted(RHVOICE_EXCLUDED))})", code="voice_unknown")
     known = {x.name for x in rhvoice_voices("")}
     if v.name not in known:
