@@ -407,13 +407,13 @@ def row(run: Run, ctx: Context) -> dict:
 def compare(sets: dict[str, list[Scene]], *, with_competitors: bool = True,
             engines: dict[str, EngineFn] | None = None) -> dict:
     """Every engine on every evaluation set: its row per set."""
-    from cloud.verifier import Verifier
-
     engines = ENGINES if engines is None else engines
     verifier: list = []
 
     def get_verifier():
-        if not verifier:
+        if not verifier:  # loaded once, for the first row that needs it
+            from cloud.verifier import Verifier
+
             verifier.append(Verifier())
         return verifier[0]
 
