@@ -53,7 +53,7 @@ MAX_DURATION_S = 24 * 3600
 
 
 class TTSSettings(Strict):
-    engines: list[Literal["espeak", "mbrola", "pico"]] | None = None
+    engines: list[Literal["espeak", "mbrola", "pico", "rhvoice"]] | None = None
     voices: list[str] | None = None
     language: str = "en"
     rate: IntRange = (140, 200)

@@ -113,10 +113,9 @@ def test_random_variants_are_written_once_and_render_deterministically_and_diffe
     assert corpus.with_random_variants(corpus.engines(["pico"]), 4, 11).random_variants == ()
     es = corpus.with_random_variants(corpus.engines(["espeak"]), 4, 11)
     assert es.random_variants == randvar.names(4, 11) and "espeak" in es.engines
-    vdir = randvar.data_dir() / "espeak-ng-data" / "voices" / "!v"
+    vdir = randvar.data_dir(11, 0) / "espeak-ng-data" / "voices" / "!v"
     written = {n: (vdir / n).read_text() for n in es.random_variants}
     assert written == {n: randvar.variant_text(11, i) for i, n in enumerate(es.random_variants)}
-    assert (vdir / "f3").is_file()  # the stock variants stay reachable through the same --path
     plain = tts.render(Utterance("hey jarvis", EN_US))
     renders = [tts.render(Utterance("hey jarvis", Voice("espeak", "en-us", n, "en-us"))) for n in es.random_variants]
     assert np.array_equal(renders[0], tts.render(Utterance("hey jarvis", Voice("espeak", "en-us", "rv0000-s11"))))
@@ -124,8 +123,36 @@ def test_random_variants_are_written_once_and_render_deterministically_and_diffe
     assert len(sigs) == 5
     # A variant not written yet is created from its name alone, in any process.
     assert tts.render(Utterance("hey", Voice("espeak", "en-us", "rv0099-s11"))).size > 1000
-    assert (vdir / "rv0099-s11").read_text() == randvar.variant_text(11, 99)
+    assert (randvar.data_dir(11, 99) / "espeak-ng-data" / "voices" / "!v" / "rv0099-s11").read_text() == \
+        randvar.variant_text(11, 99)
     assert tts.select_voices(tts.discover(["espeak"]), ["espeak:en-us+rv0001-s3"]).variants == ("rv0001-s3",)
+    with pytest.raises(TTSError, match="random variants apply to espeak voices only"):
+        tts.render(Utterance("hey", Voice("mbrola", "mb-us1", "rv0001-s3")))
+
+
+def test_random_variants_set_the_pitch_in_every_group_of_files():
+    # espeak-ng lists at most 349 voices of a data directory and quietly speaks with a default voice
+    # when the one asked for is past that: each directory copy holds one group of variants only.
+    import subprocess
+
+    import pyworld as pw
+
+    names = randvar.write(randvar.GROUP + 6, 2)
+    top = randvar.ensure(names[-1])
+    assert top != randvar.ensure(names[0])
+    listing = subprocess.run(["espeak-ng", "--path", str(top), "--voices=variant"], capture_output=True, check=True)
+    assert b"maximum number" not in listing.stderr + listing.stdout
+    base = {n: int(re.search(r"^pitch (\d+)", randvar.variant_text(2, i), re.M).group(1)) for i, n in enumerate(names)}
+    low = min(names[randvar.GROUP:], key=base.get)
+    high = max(names[: randvar.GROUP], key=base.get)
+
+    def median_f0(variant: str) -> float:
+        x = tts.render(Utterance("hey jarvis turn on the lights", Voice("espeak", "en-us", variant)))
+        f0, _ = pw.dio(x.astype(np.float64), 16_000, frame_period=5.0)
+        return float(np.median(f0[f0 > 0]))
+
+    for v in (low, high):
+        assert 1.0 * base[v] < median_f0(v) < 1.8 * base[v], (v, base[v])
 
 
 def test_the_plan_gives_random_variants_their_share_and_is_unchanged_without_them():

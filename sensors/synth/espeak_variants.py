@@ -6,9 +6,12 @@ and the spectral tone. Each random variant draws one speaker: a vocal-tract leng
 frequency scaled together, then jittered per formant) and a pitch register, from ranges of adult
 men, adult women and children.
 
-espeak-ng reads variants only from its data directory, so the variants live in a copy of that
-directory made of symbolic links (about 150 links, no data copied) plus the generated files, and
-the render passes ``--path`` to it. Variant ``rv0042-s7`` is the 43rd variant of seed 7: its
+espeak-ng reads variants only from its data directory, so the variants live in copies of that
+directory made of symbolic links (about 130, no data copied) plus the generated files, and the
+render passes ``--path`` to one. espeak-ng lists at most 349 voices and variants from a data
+directory and stops looking past that (a voice missed is replaced by a default one without a word),
+so each copy holds GROUP random variants and none of the stock variants or mbrola voices: random
+variants are for espeak voices only. Variant ``rv0042-s7`` is the 43rd variant of seed 7: its
 file is a pure function of (seed, index), so any process can recreate it from its name alone, and
 a cached render keyed by the voice id can never stand for another seed's voice.
 """
@@ -32,15 +35,18 @@ PREFIX = "rv"
 # Bumped whenever the draws below change: the files of another generator live in another directory.
 GENERATOR = 1
 ENV_ROOT = "GATE_ESPEAK_VARIANTS"  # overrides the cache directory (default ~/.cache/gate/espeak-variants)
+GROUP = 64  # random variants per data-directory copy
+ESPEAK_LIST_LIMIT = 349  # espeak-ng's N_VOICES_LIST - 1
 _NAME = re.compile(r"^rv(\d{4,})-s(\d+)$")
 
-# (share, pitch base Hz, vocal-tract factor on formant frequencies). Adult male F0 is around
-# 85-155 Hz, adult female 165-255 Hz, children 250-300 Hz and above; formants of women are some
-# 15% above men's and children's higher again (shorter vocal tracts).
+# (share, espeak pitch base Hz, vocal-tract factor on formant frequencies). The base is the floor
+# of the intonation: a render's median F0 comes out 1.1-1.6 times above it. Adult male F0 is around
+# 85-155 Hz, adult female 165-255 Hz, children's 250 Hz and above; formants of women are some 15%
+# above men's and children's higher again (shorter vocal tracts).
 KINDS = {
-    "male": (0.45, (75.0, 135.0), (0.90, 1.03)),
-    "female": (0.45, (150.0, 235.0), (1.04, 1.17)),
-    "child": (0.10, (220.0, 300.0), (1.15, 1.28)),
+    "male": (0.45, (75.0, 130.0), (0.90, 1.03)),
+    "female": (0.45, (140.0, 215.0), (1.04, 1.17)),
+    "child": (0.10, (200.0, 260.0), (1.15, 1.28)),
 }
 
 
@@ -72,7 +78,7 @@ def variant_text(seed: int, index: int) -> str:
     kind = kinds[int(rng.choice(len(kinds), p=[KINDS[k][0] for k in kinds]))]
     _, base_hz, vtl = KINDS[kind]
     base = rng.uniform(*base_hz)
-    top = base * rng.uniform(1.25, 1.9)  # espeak's second pitch value: the top of the intonation range
+    top = base * rng.uniform(1.2, 1.6)  # espeak's second pitch value: the top of the intonation range
     k = rng.uniform(*vtl)
     lines = ["language variant", f"name {name(seed, index)}", f"gender {'male' if kind == 'male' else 'female'}",
              "", f"pitch {round(base)} {round(top)}"]
@@ -111,12 +117,20 @@ def system_data() -> Path:
     return Path(m.group(1).strip())
 
 
-def data_dir(base: Path | None = None) -> Path:
-    """The directory to pass as ``espeak-ng --path``: links to espeak-ng's data, plus ``voices/!v``
-    holding links to the stock variants and the generated ones. Built once, atomically."""
+@cache
+def _language_voices(sysdata: Path) -> int:
+    return sum(1 for p in (sysdata / "lang").rglob("*") if p.is_file())
+
+
+def data_dir(seed: int, index: int, base: Path | None = None) -> Path:
+    """The directory to pass as ``espeak-ng --path`` for variant ``index`` of ``seed``: links to
+    espeak-ng's data with its own ``voices/!v`` for this group of GROUP variants. Built once, atomically."""
     sysdata = system_data()
+    if _language_voices(sysdata) + GROUP > ESPEAK_LIST_LIMIT:
+        raise TTSError(f"espeak-ng at {sysdata} has {_language_voices(sysdata)} language voices: with {GROUP} "
+                       f"random variants that is over the {ESPEAK_LIST_LIMIT} voices it can list", code="tts_failed")
     tag = hashlib.sha256(str(sysdata).encode()).hexdigest()[:8]
-    top = (base or root()) / f"data-{tag}"
+    top = (base or root()) / f"data-{tag}" / f"s{seed}-g{index // GROUP}"
     if (top / "espeak-ng-data" / "phontab").exists():
         return top
     top.parent.mkdir(parents=True, exist_ok=True)
@@ -127,11 +141,6 @@ def data_dir(base: Path | None = None) -> Path:
         for p in sysdata.iterdir():
             if p.name != "voices":
                 (data / p.name).symlink_to(p)
-        for p in (sysdata / "voices").iterdir():
-            if p.name != "!v":
-                (data / "voices" / p.name).symlink_to(p)
-        for p in (sysdata / "voices" / "!v").iterdir():
-            (data / "voices" / "!v" / p.name).symlink_to(p)
         try:
             tmp.rename(top)
         except OSError:  # another process built it first
@@ -149,7 +158,7 @@ def ensure(variant: str, base: Path | None = None) -> Path:
     if parsed is None:
         raise TTSError(f"{variant!r} is not a random variant name (expected like {name(0, 42)})",
                        code="voice_unknown")
-    top = data_dir(base)
+    top = data_dir(*parsed, base)
     path = top / "espeak-ng-data" / "voices" / "!v" / variant
     if not path.is_file():
         fd, tmp = tempfile.mkstemp(prefix=".v-", dir=path.parent)

@@ -291,7 +291,11 @@ def render(u: Utterance, *, trim: bool = True) -> np.ndarray:
     if v.engine in ("espeak", "mbrola"):
         name = v.name + (f"+{v.variant}" if v.variant else "")
         # espeak-ng silently ignores a variant it cannot find, so a random one is written first.
-        path = ["--path", str(randvar.ensure(v.variant))] if randvar.is_random(v.variant) else []
+        path = []
+        if randvar.is_random(v.variant):
+            if v.engine != "espeak":
+                raise TTSError(f"{v.id}: random variants apply to espeak voices only", code="voice_unknown")
+            path = ["--path", str(randvar.ensure(v.variant))]
         # Text goes on stdin so a phrase starting with '-' is never taken for an option.
         r = _run(["espeak-ng", *path, "-v", name, "-s", str(int(u.rate)), "-p", str(int(u.pitch)), "--stdout"],
                  text_input=text)
