@@ -7,10 +7,11 @@ frequency scaled together, then jittered per formant) and a pitch register, from
 men, adult women and children.
 
 espeak-ng reads variants only from its data directory, so the variants live in copies of that
-directory made of symbolic links (about 130, no data copied) plus the generated files, and the
+directory made of symbolic links (about 120, no data copied) plus the generated files, and the
 render passes ``--path`` to one. espeak-ng lists at most 349 voices and variants from a data
-directory and stops looking past that (a voice missed is replaced by a default one without a word),
-so each copy holds GROUP random variants and none of the stock variants or mbrola voices: random
+directory, and past that renders without the variant's pitch, without a word (with 200 random
+variants in one copy, 40 of them all came out at the same median F0), so each copy holds GROUP
+random variants and none of the stock variants or mbrola voices: random
 variants are for espeak voices only. Variant ``rv0042-s7`` is the 43rd variant of seed 7: its
 file is a pure function of (seed, index), so any process can recreate it from its name alone, and
 a cached render keyed by the voice id can never stand for another seed's voice.
@@ -33,6 +34,7 @@ from sensors.synth.errors import TTSError
 
 PREFIX = "rv"
 # Bumped whenever the draws below change: the files of another generator live in another directory.
+# Voice ids do not carry it, so renders cached by voice id (cloud.train.pipeline) predate a bump.
 GENERATOR = 1
 ENV_ROOT = "GATE_ESPEAK_VARIANTS"  # overrides the cache directory (default ~/.cache/gate/espeak-variants)
 GROUP = 64  # random variants per data-directory copy
