@@ -464,18 +464,20 @@ def table(report: dict, set_name: str) -> list[str]:
 
 
 def det_plot(report: dict, set_name: str) -> str:
-    """Miss rate against FA/h, one line per engine (its sweep), the default threshold marked."""
+    """Miss rate against FA/h, one line per engine (the fewest misses its sweep reaches within each FA/h),
+    the default threshold marked."""
     from gate.html_report import _plt, _png
 
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for name, per_set in report["engines"].items():
         r = per_set.get(set_name, {})
         if "curve" not in r:
             continue
-        pts = sorted(r["curve"], key=lambda p: p["fa_per_hour"])
-        line, = ax.plot([max(p["fa_per_hour"], 0.01) for p in pts], [100 * p["miss_rate"] for p in pts],
-                        "-", drawstyle="steps-post", label=name)
+        pts = sorted(r["curve"], key=lambda p: (p["fa_per_hour"], p["miss_rate"]))
+        front = np.minimum.accumulate([p["miss_rate"] for p in pts])
+        line, = ax.plot([max(p["fa_per_hour"], 0.01) for p in pts], 100 * front, "-", drawstyle="steps-post",
+                        label=name)
         d = r["default"]
         ax.plot([max(d["fa_per_hour"], 0.01)], [100 * d["miss_rate"]], "o", color=line.get_color())
     ax.set_xscale("log")
@@ -485,7 +487,7 @@ def det_plot(report: dict, set_name: str) -> str:
     ax.grid(True, which="both", alpha=0.3)
     s = report["sets"][set_name]
     ax.set_title(f"{set_name}: {s['hours']} h, {s['keywords']} wake phrases (dots: default thresholds)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
