@@ -558,18 +558,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ours-only", action="store_true", help="skip openWakeWord and microWakeWord")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="where synthesised speech is kept between runs (a `gate-cloud train` cache works)")
+    ap.add_argument("--from-json", type=Path, default=None, metavar="REPORT",
+                    help="print the tables and write --html from a saved report; nothing is run")
     args = ap.parse_args(argv)
     logging.basicConfig(level="WARNING", stream=sys.stderr)
-    try:
-        report = _run(args)
-    except GateError as exc:
-        print(f"cloud.compare: {exc}", file=sys.stderr)
-        return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.from_json:
+        try:
+            report = json.loads(args.from_json.read_text(encoding="utf-8"))
+            report["sets"], report["engines"], report["fa_targets"]  # noqa: B018 - a report has these
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"cloud.compare: {args.from_json}: not a compare report ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            return 2
+    else:
+        try:
+            report = _run(args)
+        except GateError as exc:
+            print(f"cloud.compare: {exc}", file=sys.stderr)
+            return 2
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     for set_name in report["sets"]:
         print("\n".join(table(report, set_name)) + "\n")
-    print(f"wrote {args.out}")
+    if not args.from_json:
+        print(f"wrote {args.out}")
     if args.html:
         from gate.report import atomic_write_text
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,15 @@ def test_bad_minutes_are_refused_in_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("argument --cross-minutes: got -3: expected minutes in (0, 600]")
+
+
+def test_a_saved_report_is_rendered_again_without_a_run(tmp_path, capsys):
+    rep = compare.compare({"held_out": _scenes()}, engines={"fake": lambda ctx: _run(ctx.scenes)})
+    saved = tmp_path / "r.json"
+    saved.write_text(json.dumps(rep))
+    assert compare.main(["--from-json", str(saved), "--html", str(tmp_path / "r.html")]) == 0
+    assert "fake" in capsys.readouterr().out and (tmp_path / "r.html").is_file()
+    (tmp_path / "bad.json").write_text('{"engines": {}}')
+    assert compare.main(["--from-json", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cloud.compare: {tmp_path / 'bad.json'}: not a compare report (KeyError: 'sets')"]
