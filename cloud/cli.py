@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
                for name, m in card["models"].items()}
     for name, ev in card.get("evaluation", {}).items():
         if isinstance(ev, dict) and "tiny" in ev:
-            summary[name]["eval"] = {"tiny": ev["tiny"], "tiny+verifier": ev["tiny+verifier"]}
+            summary.setdefault(name, {})["eval"] = {k: v for k, v in ev.items() if k.startswith("tiny")}
     summary["training"] = card.get("training")  # a run dir assembled by hand may have none
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}/card.json", file=sys.stderr)

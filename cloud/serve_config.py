@@ -75,7 +75,11 @@ class CloudConfig(Strict):
     models_factory: str | None = Field(
         None, description="module:callable taking this config and returning cloud.service.models.CloudModels, "
                           "for other models (null = the shipped TFLite verifier and command recogniser)")
-    verifier_model: str | None = Field(None, description="Verifier .tflite (null = the shipped cloud/models one)")
+    verifier: Literal["v1", "v2"] = Field(
+        "v1", description="Shipped verifier: v1 (temporal CNN on log-mel) or v2 (head on the speech-embedding front "
+                          "end learned from real speech; needs openwakeword==0.5.1 installed)")
+    verifier_model: str | None = Field(
+        None, description="Verifier .tflite (null = the shipped one named by verifier); its card says v1 or v2")
     commands_model: str | None = Field(None, description="Command model .tflite (null = the shipped one)")
     verifier_threshold: float | None = Field(
         None, gt=0.0, lt=1.0, description="Accept at or above this verifier score (null = the model card's)")

@@ -1,6 +1,10 @@
-"""Cloud inference: the wake-word verifier, a float TFLite model with 2 s of context.
+"""Cloud inference: the wake-word verifiers, float TFLite models with 2 s of context.
 
-It takes the segment a node forwards (int16 at 16 kHz: pre-roll + wake phrase + command window)
+v1 (``verifier.tflite``) is a temporal CNN on the node's own log-mel features; v2
+(``verifier_v2.tflite``) is a dense head on the speech-embedding front end (gate/kws/embedding.py),
+which was learned from real human speech. ``load_verifier`` picks the class a model's card asks for.
+
+Each takes the segment a node forwards (int16 at 16 kHz: pre-roll + wake phrase + command window)
 and where in it the node's detector fired, and re-scores the windows ending around there (see
 ``Verifier.score``). Features come from gate.features, the same code the node runs.
 """
@@ -14,12 +18,14 @@ import numpy as np
 
 from gate.kws.featurize import Featurizer
 from gate.kws.interpreter import ModelError, TFLiteModel
+from gate.kws.second_stage import SEARCH_S, EmbeddingCheck, best_mean, window
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_VERIFIER = MODELS_DIR / "verifier.tflite"
-# Window ends scored around the node's fire time (s before, s after), one every SEARCH_STRIDE feature
+DEFAULT_VERIFIER_V2 = MODELS_DIR / "verifier_v2.tflite"
+VERSIONS = {"v1": DEFAULT_VERIFIER, "v2": DEFAULT_VERIFIER_V2}
+# Window ends are scored around the fire time (SEARCH_S, shared with v2), one every SEARCH_STRIDE feature
 # frames (31 windows, about 11 ms of float inference), and how many consecutive ones' mean is the score.
-SEARCH_S = (-0.25, 0.35)
 SEARCH_STRIDE = 2
 SMOOTH_WINDOWS = 3
 
@@ -29,15 +35,6 @@ def read_card(path: Path) -> dict:
     if not p.is_file():
         raise ModelError(f"{p}: model card missing (it names the classes and features)", code="model_missing")
     return json.loads(p.read_text(encoding="utf-8"))
-
-
-def window(feats: np.ndarray, end: int, frames: int) -> np.ndarray:
-    """``frames`` rows ending at row ``end`` (exclusive), padded with the first row at the start."""
-    end = int(np.clip(end, 1, feats.shape[0]))
-    w = feats[max(0, end - frames):end]
-    if w.shape[0] < frames:
-        w = np.concatenate([np.repeat(w[:1], frames - w.shape[0], axis=0), w])
-    return w
 
 
 class Verifier:
@@ -64,9 +61,25 @@ class Verifier:
         lo, hi = (int(np.searchsorted(ends_s, fired_at_s + d, "right")) for d in SEARCH_S)
         ends = np.unique(np.clip(np.arange(lo, hi + 1, SEARCH_STRIDE), 1, feats.shape[0]))
         p = self.model.run_batch(np.stack([window(feats, e, self.frames) for e in ends]))[:, 0]
-        k = min(SMOOTH_WINDOWS, p.size)
-        return float(np.max(np.convolve(p, np.full(k, 1.0 / k), mode="valid")))
+        return best_mean(p, SMOOTH_WINDOWS)
 
     def verify(self, samples: np.ndarray, fired_at_s: float) -> tuple[bool, float]:
         p = self.score(samples, fired_at_s)
         return p >= self.threshold, p
+
+
+
+class EmbeddingVerifier(EmbeddingCheck):
+    """Verifier v2: the same contract as :class:`Verifier`, on speech embeddings (gate.kws.second_stage)."""
+
+    def __init__(self, *, model_path: str | Path = DEFAULT_VERIFIER_V2, threshold: float | None = None,
+                 embedding=None) -> None:
+        super().__init__(model_path=model_path, threshold=threshold, embedding=embedding)
+
+
+def load_verifier(model_path: str | Path = DEFAULT_VERIFIER, *, threshold: float | None = None):
+    """The verifier class the model's card names (speech_embedding: v2; otherwise the log-mel v1)."""
+    path = Path(model_path)
+    if read_card(path).get("feature_kind") == "speech_embedding":
+        return EmbeddingVerifier(model_path=path, threshold=threshold)
+    return Verifier(model_path=path, threshold=threshold)

@@ -27,6 +27,8 @@ tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epoc
        prune_sparsity: 0.5, prune_epochs: 1, int8_output: logit, seed_per_model: true}
 verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, epochs: 2, batch: 32}
 commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32, scene_minutes: 1}
+verifier_v2: {hidden: 16, layers: 2, epochs: 3, batch: 64, mine_epochs: 1}
+distill: {teacher: verifier_v2}
 streams: {minutes: 1, mine_minutes: 1, mine_epochs: 1, mine_threshold: 0.05}
 feature_kinds: [logmel]
 evaluation: {scenes: [quiet_home], minutes: 1, keywords_per_hour: 240, positive_renders: 60, confusable_renders: 40,
@@ -40,7 +42,8 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     recipe = tmp_path / "small.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "out"
-    assert main(["train", "--recipe", str(recipe), "--out", str(out), "--scene-minutes", "1", "--threads", "2"]) == 0
+    assert main(["train", "--recipe", str(recipe), "--out", str(out), "--scene-minutes", "1", "--threads", "2",
+                 "--teacher"]) == 0
     card = json.loads((out / "card.json").read_text())
     tiny = card["models"]["tiny_logmel"]
     # Balanced accuracy: 0.5 is chance whatever the share of positives among the held-out clips.
@@ -51,7 +54,7 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert card["data"]["eval_voices"] == ["espeak:en-gb-x-gbcwmd"]
     assert "espeak:en-gb-x-gbcwmd" not in card["data"]["train_voices"]
     for f in ("tiny_logmel.tflite", "verifier.tflite", "commands.tflite", "tiny_logmel.json", "verifier.json",
-              "commands.json"):
+              "commands.json", "verifier_v2.tflite", "verifier_v2.json", "tiny_logmel_distilled.tflite"):
         assert (out / f).is_file(), f
     # Stream windows (scene-like audio spoken by training voices) and mined hard negatives were used.
     assert tiny["stream_windows"] > 300 and tiny["stream_positives"] > 0, tiny
@@ -91,3 +94,15 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     assert 0.0 <= pruned["accuracy_test_int8"] <= 1.0 and pruned["shipped"] is False
     # With per-model seeds the pruned copy is fine-tuned on the mined negatives too.
     assert pruned["mined_negatives"] == tiny["mined_negatives"]
+    # Verifier v2: a head on the speech embeddings, its licence recorded, reported beside v1 everywhere;
+    # and the tiny model distilled from it.
+    v2 = card["models"]["verifier_v2"]
+    assert v2["feature_kind"] == "speech_embedding" and v2["window_embeddings"] == 16
+    assert "Apache-2.0" in v2["licence"]["embedding_model"]
+    assert v2["stream_windows"] > 0 and v2["stream_positives"] > 0
+    assert v2["balanced_accuracy_test_float"] > 0.6, v2
+    for how in ("tiny", "tiny+verifier", "tiny+verifier_v2"):
+        assert how in ev and how in ev["misses_by_voice"], how
+    assert ev["tiny+verifier_v2"]["keywords"] == ev["tiny"]["keywords"]
+    assert all("verified_v2_miss_rate" in c and "verified_v2_fa_per_hour" in c for c in curve)
+    assert "tiny_logmel_distilled" in card["models"]

@@ -74,11 +74,11 @@ class TFLiteVerifier:
 
     name = "verifier"
 
-    def __init__(self, *, model_path: str | None = None, threshold: float | None = None) -> None:
-        from cloud.verifier import DEFAULT_VERIFIER, Verifier
+    def __init__(self, *, model_path: str | None = None, threshold: float | None = None, version: str = "v1") -> None:
+        from cloud.verifier import VERSIONS, load_verifier
 
-        path = Path(model_path) if model_path else DEFAULT_VERIFIER
-        self._model = Verifier(model_path=path, threshold=threshold)
+        path = Path(model_path) if model_path else VERSIONS[version]
+        self._model = load_verifier(path, threshold=threshold)
         self.version = _file_version(path, self._model.card)
 
     def score(self, samples: np.ndarray, sample_rate: int, *, fired_at_s: float) -> VerifierResult:
@@ -119,7 +119,8 @@ def load_models(cfg) -> CloudModels:  # cfg: cloud.serve_config.CloudConfig
                               "not CloudModels")
         return models
     return CloudModels(
-        verifier=TFLiteVerifier(model_path=cfg.verifier_model, threshold=cfg.verifier_threshold),
+        verifier=TFLiteVerifier(model_path=cfg.verifier_model, threshold=cfg.verifier_threshold,
+                                version=cfg.verifier),
         commands=TFLiteCommands(model_path=cfg.commands_model, min_confidence=cfg.command_min_confidence,
                                 read_offsets_s=tuple(cfg.command_read_offsets_s)),
     )

@@ -48,6 +48,40 @@ def build(spec: ModelSpec, *, dim: int, n_out: int, mean: np.ndarray, std: np.nd
     return keras.Model(inp, out, name=name)
 
 
+def build_head(spec, *, dim: int, mean: np.ndarray, std: np.ndarray, name: str):
+    """A dense classifier on a window of speech embeddings (``spec``: recipe.EmbeddingHeadSpec), as
+    openWakeWord's heads are: the embedding carries what is known about speech, the head only the phrase."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((spec.window, dim), name="embeddings")
+    x = layers.Rescaling(scale=(1.0 / std).astype(np.float32), offset=(-mean / std).astype(np.float32),
+                         name="standardise")(inp)
+    if spec.kind == "conv":
+        # Dilated convolutions share their weights along the window: far fewer parameters than a flattened
+        # dense layer, so the head over-fits the training voices less.
+        x = layers.Dropout(0.1, name="input_dropout")(x)
+        for i in range(spec.layers):
+            x = layers.Conv1D(spec.hidden, 3, padding="same", dilation_rate=2 ** i, name=f"conv{i}")(x)
+            x = layers.LayerNormalization(name=f"conv_norm{i}")(x)
+            x = layers.ReLU(name=f"conv_relu{i}")(x)
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dropout(spec.dropout, name="flat_dropout")(x)
+        x = layers.Dense(spec.hidden, name="dense0")(x)
+        x = layers.ReLU(name="relu0")(x)
+        x = layers.Dropout(spec.dropout, name="dropout0")(x)
+    else:
+        x = layers.Flatten(name="flatten")(x)
+        for i in range(spec.layers):
+            x = layers.Dense(spec.hidden, name=f"dense{i}")(x)
+            x = layers.LayerNormalization(name=f"norm{i}")(x)
+            x = layers.ReLU(name=f"relu{i}")(x)
+            x = layers.Dropout(spec.dropout, name=f"dropout{i}")(x)
+    logit = layers.Dense(1, name="logit")(x)
+    out = layers.Activation("sigmoid", name="posterior")(logit)
+    return keras.Model(inp, out, name=name)
+
+
 def logits(model):
     """The same model without its final activation (same weights): what a logit-output export converts."""
     import keras

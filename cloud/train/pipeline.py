@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cloud.train import corpus, dataset, fit, metrics, scenes
+from cloud.train import corpus, dataset, embedded, fit, metrics, scenes
 from cloud.train.models import build, cost, logits
 from cloud.train.recipe import Recipe
 from gate.kws.config import KwsConfig
@@ -33,7 +33,7 @@ from sensors.synth.tts import Utterance
 
 log = logging.getLogger(__name__)
 SR = 16_000
-PARTS = ("verifier", "commands", "tiny")
+PARTS = ("verifier", "verifier_v2", "commands", "tiny")
 CURVE = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
 # Threshold candidates on the dev scenes: steps of 0.01 up to 0.99 (a sigmoid-output int8 model tops out
 # at 255/256), then finer steps near 1 for a logit-output model, which still ranks windows there.
@@ -97,7 +97,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
 
     # --- data -------------------------------------------------------------------------------
     c = recipe.corpus
-    es = corpus.engines(c.engines)
+    es = corpus.with_random_variants(corpus.engines(c.engines), c.random_variants, c.random_variant_seed)
     train_v, eval_v = corpus.split_voices(es, c.eval_voices, c.exclude_voices)
     variants = list(es.variants)
     train_items, accents, accents_skipped = train_plan(recipe, es)
@@ -115,7 +115,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
     eval_babble = [r.audio for r in eval_r if r.kind == "speech"]
     parts = set(opts.only or PARTS)
     streams = None
-    if parts & {"verifier", "tiny"}:
+    if parts & {"verifier", "verifier_v2", "tiny"}:
         wake_r = [r for r in train_r if not r.kind.startswith("command:")]
         rng = _rng(recipe.seed, "clips")
         clips = dataset.wake_clips(wake_r, clip_s=recipe.clip_s, aug=recipe.augment, rng=rng, babble_pool=babble,
@@ -140,7 +140,7 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
     # --- verifier (float, cloud) --------------------------------------------------------------
     lm = Featurizer("logmel")
     models: dict[str, dict] = {}
-    teacher_p = teacher_s = None
+    teacher_p = teacher_s = teacher_v2 = None
     if "verifier" in parts:
         vspec = recipe.verifier
         xv = dataset.featurize(clips, lm, vspec.window_frames, desc="verifier features")
@@ -171,6 +171,14 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         (out / "verifier.json").write_text(json.dumps({"phrase": recipe.phrase, **vcard}, indent=2) + "\n")
         del xv
         models["verifier"] = vcard
+
+    # --- verifier v2 (float, cloud): a head on the speech-embedding front end ---------------------
+    if "verifier_v2" in parts:
+        models["verifier_v2"], teacher_v2 = embedded.verifier_v2(
+            recipe, out, clips=clips, tr_idx=tr_idx, val_idx=val_idx, test=test, stream_scenes=streams.scenes,
+            mine_scenes=streams.mine_scenes, cache=cache, seed=_model_seed(recipe.seed, "verifier_v2"))
+        (out / "verifier_v2.json").write_text(json.dumps({"phrase": recipe.phrase, **models["verifier_v2"]},
+                                                         indent=2) + "\n")
 
     # --- command recogniser (float, cloud) ----------------------------------------------------
     if "commands" in parts:
@@ -230,6 +238,9 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
         del xs
         hard = clips.labels.astype(np.float32)
         variants_to_train = [("hard", np.concatenate([hard[tr_idx], ys]))]
+        if opts.teacher and kind == "logmel" and recipe.distill.teacher == "verifier_v2" and teacher_v2 is not None:
+            teacher_p = teacher_v2["clips"]
+            teacher_s = embedded.teacher_stream_scores(teacher_v2, streams.ends(kind), fz, recipe.verifier_v2.window)
         if opts.teacher and kind == "logmel" and teacher_p is not None:
             a = recipe.distill.alpha
             soft = a * hard + (1 - a) * teacher_p
@@ -244,12 +255,39 @@ def run(recipe: Recipe, out: Path, opts: Options) -> dict:
             (out / f"{name}.tflite").write_bytes(b)
 
     # --- evaluation scenes ----------------------------------------------------------------------
+    if opts.evaluate and not tiny_cards and "verifier_v2" in parts:
+        tiny_cards = _shipped_tiny(recipe)  # a verifier-only run is judged behind the shipped node models
     if opts.evaluate and tiny_cards:
         card["evaluation"] = evaluate_scenes(recipe, out, tiny_cards, eval_r, train_r, opts)
     card["training"] = meter.report()
-    card["models"] = {**models, **tiny_cards}
+    card["models"] = {**models, **{n: m for n, m in tiny_cards.items() if "shipped_path" not in m}}
     _write_cards(out, card)
     return card
+
+
+def _shipped_tiny(recipe: Recipe) -> dict[str, dict]:
+    """The shipped node models of the recipe's feature kinds, as the evaluation takes them."""
+    from gate.kws.stage import default_model_path, read_card
+
+    found = {}
+    for kind in recipe.feature_kinds:
+        path = default_model_path(kind)
+        if path.is_file():
+            found[f"tiny_{kind}"] = {**read_card(path), "feature_kind": kind, "shipped_path": str(path)}
+    return found
+
+
+def _verifiers(out: Path, threshold: float) -> dict:
+    """v1 and v2 as the evaluation runs them: this run's, else the shipped ones (v2 only where it exists)."""
+    from cloud.verifier import DEFAULT_VERIFIER_V2, EmbeddingVerifier, Verifier
+
+    own = out / "verifier.tflite"
+    found = {"verifier": Verifier(threshold=threshold, **({"model_path": own} if own.is_file() else {}))}
+    own2 = out / "verifier_v2.tflite"
+    path2 = own2 if own2.is_file() else DEFAULT_VERIFIER_V2
+    if path2.is_file():
+        found["verifier_v2"] = EmbeddingVerifier(model_path=path2, threshold=threshold)
+    return found
 
 
 def reevaluate(recipe: Recipe, out: Path, opts: Options) -> dict:
@@ -273,12 +311,13 @@ def train_plan(recipe: Recipe, es=None) -> tuple[list, list, dict[str, str]]:
     """What the training corpus says, by which voice (every draw made here, from the seed), with the
     accent voices used and those skipped (and why)."""
     c = recipe.corpus
-    es = es or corpus.engines(c.engines)
+    es = es or corpus.with_random_variants(corpus.engines(c.engines), c.random_variants, c.random_variant_seed)
     train_v = corpus.split_voices(es, c.eval_voices, c.exclude_voices)[0]
     accents, skipped = corpus.accent_voices(c.accents)
     items = corpus.plan(recipe.phrase, voices=train_v, variants=list(es.variants), rng=_rng(recipe.seed, "plan"),
                         n_pos=c.positives, n_conf=c.confusables, n_speech=c.speech, n_cmd=c.command_renders,
-                        rate=c.rate_wpm, pitch=c.pitch, accents=accents, accent_share=c.accent_share)
+                        rate=c.rate_wpm, pitch=c.pitch, accents=accents, accent_share=c.accent_share,
+                        random_variants=es.random_variants, random_variant_share=c.random_variant_share)
     return items, accents, skipped
 
 
@@ -431,7 +470,7 @@ class _StreamFeatures:
     verifier (teacher) and the tiny log-mel model (student) see the same stream positions."""
 
     def __init__(self, recipe: Recipe, train: list, mine: list) -> None:
-        self.recipe, self._scenes, self._mine_scenes = recipe, train, mine
+        self.recipe, self.scenes, self.mine_scenes = recipe, train, mine
         self._streams: dict[str, list] = {}
         self._mine: dict[str, list] = {}
         self._ends: dict[str, list] = {}
@@ -440,9 +479,9 @@ class _StreamFeatures:
         if kind in self._streams:
             return
         fz = Featurizer(kind)
-        self._streams[kind] = [dataset.stream(s, fz) for s in tqdm(self._scenes, desc=f"stream features {kind}",
+        self._streams[kind] = [dataset.stream(s, fz) for s in tqdm(self.scenes, desc=f"stream features {kind}",
                                                                    leave=False)]
-        self._mine[kind] = [dataset.stream(s, fz) for s in self._mine_scenes]
+        self._mine[kind] = [dataset.stream(s, fz) for s in self.mine_scenes]
         ss = self.recipe.streams
         frames = max(self.recipe.tiny.window_frames, self.recipe.verifier.window_frames)
         self._ends[kind] = dataset.sample_ends(self._streams[kind], _rng(self.recipe.seed, "ends" + kind),
@@ -455,6 +494,11 @@ class _StreamFeatures:
             return np.zeros((0, frames, Featurizer(kind).dim), np.float32), np.zeros(0, np.float32)
         return dataset.gather(self._streams[kind], self._ends[kind], frames)
 
+    def ends(self, kind: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The (positive, negative) window ends ``windows(kind, ...)`` gathers, per stream."""
+        self._get(kind)
+        return self._ends[kind]
+
     def mine_streams(self, kind: str) -> list:
         self._get(kind)
         return self._mine[kind]
@@ -463,7 +507,6 @@ class _StreamFeatures:
 def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r, opts: Options) -> dict:
     """Detector threshold chosen on dev scenes (training voices), then scored on held-out-voice scenes."""
     from cloud.commands import CommandRecognizer
-    from cloud.verifier import Verifier
 
     ev = recipe.evaluation
     minutes = opts.scene_minutes or ev.minutes
@@ -475,23 +518,26 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
     dev = [_scene(recipe, k, dev_r, max(min(5.0, minutes), minutes / 3), "dev")
            for k in tqdm(ev.scenes, desc="dev scenes", leave=False)]
     tests = build_eval_scenes(recipe, eval_r, minutes)
-    own = out / "verifier.tflite"
-    verifier = Verifier(threshold=ev.verifier_threshold, **({"model_path": own} if own.is_file() else {}))
+    checks = _verifiers(out, ev.verifier_threshold)
+    verifier = checks["verifier"]
     own = out / "commands.tflite"
     recogniser = CommandRecognizer(**({"model_path": own} if own.is_file() else {}))
     result: dict = {"scene_minutes": minutes, "scenes": ev.scenes,
                     "note": "scenes built by cloud/train/scenes.py from held-out voices (eval_voices)"}
     for name in tiny_cards:
         kind = tiny_cards[name]["feature_kind"]
-        base = KwsConfig(model_path=str(out / f"{name}.tflite"), feature_kind=kind)
+        base = KwsConfig(model_path=tiny_cards[name].get("shipped_path") or str(out / f"{name}.tflite"),
+                         feature_kind=kind)
         dev_scores = [_posteriors(base, s) for s in dev]
         thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour,
                               verifier if ev.tune_for == "cascade" else None, ev.dev_uploads_per_hour,
                               logit=KeywordSpotter.from_config(base).logits)
         cfg = base.model_copy(update={"threshold": thr})
-        per_scene, tiny_all, ver_all, all_scored, all_kept = {}, [], [], [], []
-        voices: dict[str, list] = {"tiny": [], "tiny+verifier": []}
-        sources: dict[str, list] = {"tiny": [], "tiny+verifier": []}
+        per_scene, tiny_all, all_scored, all_kept = {}, [], [], []
+        hows = ["tiny"] + [f"tiny+{v}" for v in checks]
+        checked: dict[str, list] = {h: [] for h in hows[1:]}
+        voices: dict[str, list] = {h: [] for h in hows}
+        sources: dict[str, list] = {h: [] for h in hows}
         cpu = 0.0
         for s in tests:
             t0 = time.process_time()
@@ -500,19 +546,21 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
             all_scored.append(scored)
             times = _detect(cfg, scored)
             tiny = metrics.score(times, s.keywords, s.hours)
-            kept = [t for t in times if verified(verifier, s.audio, t)]
-            ver = metrics.score(kept, s.keywords, s.hours)
-            all_kept.append(kept)
-            per_scene[s.name] = {"tiny": tiny.as_dict(), "tiny+verifier": ver.as_dict()}
+            passed = {f"tiny+{v}": [t for t in times if verified(m, s.audio, t)] for v, m in checks.items()}
+            all_kept.append(passed["tiny+verifier"])
+            per_scene[s.name] = {"tiny": tiny.as_dict()}
+            for how, kept in passed.items():
+                score = metrics.score(kept, s.keywords, s.hours)
+                per_scene[s.name][how] = score.as_dict()
+                checked[how].append(score)
             tiny_all.append(tiny)
-            ver_all.append(ver)
-            for how, ts in (("tiny", times), ("tiny+verifier", kept)):
+            for how, ts in (("tiny", times), *passed.items()):
                 voices[how].append(metrics.by_voice(ts, s.keywords, s.keyword_voices))
                 sources[how].append(metrics.false_accept_sources(ts, s.keywords, s.what_at))
         hours = sum(s.hours for s in tests)
         result[name] = {"threshold": thr, "tuned_for": ev.tune_for, "scenes": per_scene,
                         "tiny": metrics.combine(tiny_all).as_dict(),
-                        "tiny+verifier": metrics.combine(ver_all).as_dict(),
+                        **{how: metrics.combine(v).as_dict() for how, v in checked.items()},
                         # Where the misses and false accepts are, at the tuned threshold: per held-out voice, and
                         # by what was playing when a false accept fired.
                         "misses_by_voice": {h: metrics.voice_table(metrics.merge_breakdowns(v))
@@ -520,27 +568,33 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
                         "false_accepts_by_source": {h: metrics.merge_breakdowns(v) for h, v in sources.items()},
                         "commands_after_detection": command_accuracy(recogniser, tests, all_kept),
                         "kws_cpu_s_per_audio_hour_ungated": round(cpu / hours, 1),
-                        "curve": _curve(base, tests, all_scored, verifier)}
+                        "curve": _curve(base, tests, all_scored, checks)}
     return result
 
 
-def _curve(cfg: KwsConfig, tests: list, scored: list, verifier) -> list[dict]:
-    """Miss rate and FA/h of the tiny model alone and with the verifier, across detector thresholds."""
-    passes = _verdicts(verifier, tests)
+def _curve(cfg: KwsConfig, tests: list, scored: list, checks: dict) -> list[dict]:
+    """Miss rate and FA/h of the tiny model alone and behind each verifier, across detector thresholds
+    (``verified_*`` is v1, ``verified_v2_*`` the embedding verifier)."""
+    passes = {name: _verdicts(v, tests) for name, v in checks.items()}
     out = []
     for thr in CURVE:
         c = cfg.model_copy(update={"threshold": thr})
-        tiny, ver, voices = [], [], []
+        tiny, voices = [], []
+        ver: dict[str, list] = {name: [] for name in checks}
         for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
             times = _detect(c, sc)
             tiny.append(metrics.score(times, s.keywords, s.hours))
-            ver.append(metrics.score([t for t in times if passes(i, t)], s.keywords, s.hours))
+            for name, ok in passes.items():
+                ver[name].append(metrics.score([t for t in times if ok(i, t)], s.keywords, s.hours))
             voices.append(metrics.by_voice(times, s.keywords, s.keyword_voices))
-        a, b = metrics.combine(tiny), metrics.combine(ver)
+        a = metrics.combine(tiny)
         by_voice = {v: m["miss_rate"] for v, m in metrics.voice_table(metrics.merge_breakdowns(voices)).items()}
-        out.append({"threshold": thr, "miss_rate": round(a.miss_rate, 4), "fa_per_hour": round(a.fa_per_hour, 3),
-                    "verified_miss_rate": round(b.miss_rate, 4), "verified_fa_per_hour": round(b.fa_per_hour, 3),
-                    "miss_rate_by_voice": by_voice})
+        point = {"threshold": thr, "miss_rate": round(a.miss_rate, 4), "fa_per_hour": round(a.fa_per_hour, 3)}
+        for name, scores in ver.items():
+            b = metrics.combine(scores)
+            tag = "verified" if name == "verifier" else f"verified_{name.removeprefix('verifier_')}"
+            point[f"{tag}_miss_rate"], point[f"{tag}_fa_per_hour"] = round(b.miss_rate, 4), round(b.fa_per_hour, 3)
+        out.append({**point, "miss_rate_by_voice": by_voice})
     return out
 
 
@@ -647,8 +701,9 @@ def _data_card(train_r, eval_r, train_v, eval_v, variants) -> dict:
             "train_voices": [v.id for v in train_v], "eval_voices": [v.id for v in eval_v],
             "espeak_variants": len(variants), "train_renders": counts(train_r), "eval_renders": counts(eval_r),
             "train_audio_s": round(sum(r.audio.size for r in train_r) / SR, 1),
-            "policy": "espeak-ng (+variants, mbrola) and pico2wave speech, generated noise and reverb; "
-                      "no flite/festival voices, no asterisk/alsa-utils sounds"}
+            "policy": "espeak-ng (stock and random variants, mbrola through it), pico2wave and RHVoice (its CMU "
+                      "ARCTIC speakers left out) speech, WORLD transforms of it, generated noise and reverb, "
+                      "datasets/real_speech as other talk; no evaluation-only or reserved engine or sound"}
 
 
 def _write_cards(out: Path, card: dict) -> None:

@@ -200,8 +200,29 @@ class StreamSpec(Strict):
     mine_epochs: int = Field(4, ge=0, le=100, description="Fine-tuning epochs with the mined negatives added")
 
 
+class EmbeddingHeadSpec(Strict):
+    """A classifier on the speech-embedding front end (gate/kws/embedding.py): the cloud verifier v2
+    and the node's second stage. It sees ``window`` embeddings (80 ms apart; 16 cover 2.0 s)."""
+
+    window: int = Field(16, ge=1, le=64, description="Embeddings the head sees (16 = 2.0 s of audio)")
+    kind: Literal["conv", "dense"] = Field(
+        "conv", description="conv: dilated convolutions along the embeddings (1, 2, 4...), then one dense layer; "
+                            "dense: the window flattened into dense layers, as openWakeWord's heads are")
+    hidden: int = Field(64, ge=8, le=2048, description="Channels of each convolution, or units of each dense layer")
+    layers: int = Field(3, ge=1, le=6, description="Convolutions (conv) or hidden dense layers (dense)")
+    epochs: int = Field(20, ge=1, le=500)
+    batch: int = Field(256, ge=8, le=8192)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    dropout: float = Field(0.5, ge=0.0, le=0.9)
+    mine_epochs: int = Field(4, ge=0, le=100, description="Fine-tuning epochs with mined negatives added (0 = none)")
+    seed_per_model: bool = Field(True, description="Seed this model's training from the recipe seed and its name")
+
+
 class DistillSpec(Strict):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the hard label; 1 - alpha goes to the teacher")
+    teacher: Literal["verifier", "verifier_v2"] = Field(
+        "verifier_v2", description="Whose soft labels --teacher distils into the tiny model: the log-mel verifier "
+                                   "or verifier v2 (speech embeddings learned from real speech)")
 
 
 class EvalSpec(Strict):
@@ -241,6 +262,7 @@ class Recipe(Strict):
     commands: CommandSpec
     streams: StreamSpec = Field(default_factory=StreamSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
+    verifier_v2: EmbeddingHeadSpec = Field(default_factory=EmbeddingHeadSpec)
     feature_kinds: list[Literal["logmel", "analog_envelopes", "pcen"]] = Field(["logmel", "analog_envelopes"])
     evaluation: EvalSpec = Field(default_factory=EvalSpec)
     cpu_watts: float = Field(

@@ -50,7 +50,7 @@ def ship(run_dir: Path, gate_models: Path = GATE_MODELS, cloud_models: Path = CL
         model_card["data"] = card.get("data")
         dst.with_suffix(".json").write_text(json.dumps(model_card, indent=2) + "\n")
         shipped[name] = str(dst.with_suffix(".tflite"))
-    for name in ("verifier", "commands"):
+    for name in ("verifier", "verifier_v2", "commands"):
         if name not in card["models"]:
             continue  # a partial run (--only) leaves the shipped one in place
         shutil.copyfile(run_dir / f"{name}.tflite", cloud_models / f"{name}.tflite")
