@@ -1,7 +1,8 @@
 """Cloud inference: the wake-word verifiers, float TFLite models with 2 s of context.
 
 v1 (``verifier.tflite``) is a temporal CNN on the node's own log-mel features; v2
-(``verifier_v2.tflite``) is a dense head on the speech-embedding front end (gate/kws/embedding.py),
+(gate/models/second_stage.tflite, the node's second stage too) is a head on the speech-embedding front
+end (gate/kws/embedding.py),
 which was learned from real human speech. ``load_verifier`` picks the class a model's card asks for.
 
 Each takes the segment a node forwards (int16 at 16 kHz: pre-roll + wake phrase + command window)
@@ -18,11 +19,11 @@ import numpy as np
 
 from gate.kws.featurize import Featurizer
 from gate.kws.interpreter import ModelError, TFLiteModel
-from gate.kws.second_stage import SEARCH_S, EmbeddingCheck, best_mean, window
+from gate.kws.second_stage import DEFAULT_SECOND_STAGE, SEARCH_S, EmbeddingCheck, best_mean, window
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_VERIFIER = MODELS_DIR / "verifier.tflite"
-DEFAULT_VERIFIER_V2 = MODELS_DIR / "verifier_v2.tflite"
+DEFAULT_VERIFIER_V2 = DEFAULT_SECOND_STAGE  # one head: the node's second stage is the cloud's verifier v2
 VERSIONS = {"v1": DEFAULT_VERIFIER, "v2": DEFAULT_VERIFIER_V2}
 # Window ends are scored around the fire time (SEARCH_S, shared with v2), one every SEARCH_STRIDE feature
 # frames (31 windows, about 11 ms of float inference), and how many consecutive ones' mean is the score.

@@ -263,3 +263,58 @@ def test_from_config_builds_every_stage_with_the_profiles_startup():
     assert c.store == round(s.segmenter.analog_preroll_s * SR)
     with pytest.raises(ValueError, match="always_on"):
         Cascade(front=c.front, segmenter=c.segmenter, encoder=c.encoder, kws=None, ledger=EnergyLedger())
+
+
+# --------------------------------------------------------------------------- on-node second stage
+
+
+class FirstRejected:
+    """A second stage that rejects the first candidate and accepts the rest; it says what it embedded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float]] = []
+        self.audio_s = 0.0
+
+    def verify(self, samples: np.ndarray, fired_at_s: float) -> tuple[bool, float]:
+        self.calls.append((samples.size, fired_at_s))
+        self.audio_s += 2.5
+        return (len(self.calls) > 1), (0.9 if len(self.calls) > 1 else 0.1)
+
+
+def test_second_stage_keeps_a_rejected_candidate_off_the_radio_and_is_charged():
+    from gate.energy import SECOND_STAGE
+
+    sink, check = Sink(), FirstRejected()
+    c = build(publisher=sink)
+    c.second_stage = check
+    x = scene()
+    segs, rejected = [], []
+    for a in range(0, x.size, 1000):
+        out = c.process(x[a:a + 1000])
+        segs += out.segments
+        rejected += out.rejected
+    tail = c.flush()
+    segs += tail.segments
+    rejected += tail.rejected
+    assert len(check.calls) == 2 and len(rejected) == 1 and len(segs) == 1 and len(sink.payloads) == 1
+    assert rejected[0].score == pytest.approx(0.1) and rejected[0].segment.t_detect_s < segs[0].segment.t_detect_s
+    # Each check is given its segment and where in it the tiny model fired.
+    for (n, fired), seg in zip(check.calls, [rejected[0].segment, segs[0].segment], strict=True):
+        assert n == seg.n_samples and fired == pytest.approx(seg.t_detect_s - seg.t_start_s)
+    snap = c.ledger.snapshot()
+    assert snap[SECOND_STAGE].invocations == 2 and snap[SECOND_STAGE].active_seconds == pytest.approx(5.0)
+    assert snap[ENCODER].invocations == 1  # the rejected candidate was never encoded
+    assert c.counts()["second_rejected"] == 1
+
+
+def test_second_stage_is_refused_on_a_profile_that_cannot_run_it():
+    from gate.cascade import load_second_stage
+    from gate.errors import ConfigError
+
+    s = GateSettings()
+    s.kws.second_stage.enabled = True
+    s.energy.profile = "mcu-analog"
+    with pytest.raises(ConfigError, match="mcu-analog.*does not price second_stage"):
+        load_second_stage(s)
+    s.kws.second_stage.enabled = False
+    assert load_second_stage(s) is None

@@ -568,8 +568,33 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
                         "false_accepts_by_source": {h: metrics.merge_breakdowns(v) for h, v in sources.items()},
                         "commands_after_detection": command_accuracy(recogniser, tests, all_kept),
                         "kws_cpu_s_per_audio_hour_ungated": round(cpu / hours, 1),
-                        "curve": _curve(base, tests, all_scored, checks)}
+                        "curve": _curve(base, tests, all_scored, checks),
+                        "cascade_tuned": _cascade_tuned(base, dev, dev_scores, tests, all_scored, checks, ev,
+                                                        KeywordSpotter.from_config(base).logits)}
     return result
+
+
+def _cascade_tuned(base: KwsConfig, dev: list, dev_scores: list, tests: list, scored: list, checks: dict, ev,
+                   logit: bool) -> dict:
+    """With a check behind it (the cloud's verifier, or the node's second stage on v2) the node can fire
+    lower and let the check decide: per check, the node threshold tuned on the dev scenes for the cascade
+    (the lowest whose checked false accepts stay within dev_fa_per_hour and whose uploads, or second-stage
+    checks, within dev_uploads_per_hour), and what that gives on the held-out scenes."""
+    out = {}
+    hours = sum(s.hours for s in tests)
+    for name, check in checks.items():
+        thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour, check, ev.dev_uploads_per_hour, logit=logit)
+        c = base.model_copy(update={"threshold": thr})
+        passes = _verdicts(check, tests)
+        node, kept = [], []
+        for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
+            times = _detect(c, sc)
+            node.append(metrics.score(times, s.keywords, s.hours))
+            kept.append(metrics.score([t for t in times if passes(i, t)], s.keywords, s.hours))
+        a, b = metrics.combine(node), metrics.combine(kept)
+        out[name] = {"threshold": thr, "node": a.as_dict(), "checked": b.as_dict(),
+                     "candidates_per_hour": round((a.hits + a.false_accepts) / hours, 2)}
+    return out
 
 
 def _curve(cfg: KwsConfig, tests: list, scored: list, checks: dict) -> list[dict]:

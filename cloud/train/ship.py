@@ -1,4 +1,5 @@
-"""Copy a training run's models into the packages: tiny under gate/models/, cloud under cloud/models/.
+"""Copy a training run's models into the packages: tiny under gate/models/, cloud under cloud/models/,
+and the speech-embedding head (verifier v2, also the node's second stage) as gate/models/second_stage.
 
 Of the tiny log-mel candidates (hard labels, distilled) the one that misses least on the evaluation
 scenes while keeping to the false-accept goal is shipped; its card says which it was and why.
@@ -50,7 +51,7 @@ def ship(run_dir: Path, gate_models: Path = GATE_MODELS, cloud_models: Path = CL
         model_card["data"] = card.get("data")
         dst.with_suffix(".json").write_text(json.dumps(model_card, indent=2) + "\n")
         shipped[name] = str(dst.with_suffix(".tflite"))
-    for name in ("verifier", "verifier_v2", "commands"):
+    for name in ("verifier", "commands"):
         if name not in card["models"]:
             continue  # a partial run (--only) leaves the shipped one in place
         shutil.copyfile(run_dir / f"{name}.tflite", cloud_models / f"{name}.tflite")
@@ -58,4 +59,13 @@ def ship(run_dir: Path, gate_models: Path = GATE_MODELS, cloud_models: Path = CL
         model_card["training"] = card.get("training")
         (cloud_models / f"{name}.json").write_text(json.dumps(model_card, indent=2) + "\n")
         shipped[name] = str(cloud_models / f"{name}.tflite")
+    if "verifier_v2" in card["models"]:
+        # One head serves both: the node's second stage and the cloud's verifier v2 (cloud.verifier reads it here).
+        dst = gate_models / "second_stage"
+        shutil.copyfile(run_dir / "verifier_v2.tflite", dst.with_suffix(".tflite"))
+        model_card = json.loads((run_dir / "verifier_v2.json").read_text())
+        model_card["training"] = card.get("training")
+        model_card["shipped_as"] = dst.name
+        dst.with_suffix(".json").write_text(json.dumps(model_card, indent=2) + "\n")
+        shipped["verifier_v2"] = str(dst.with_suffix(".tflite"))
     return shipped
