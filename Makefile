@@ -38,8 +38,8 @@ bench: setup
 	$(PY) bench/run.py --out bench.json
 
 # The bundled scene through the whole cascade: embedded broker, a private cloud worker, the savings
-# table on stdout, JSON and a self-contained HTML report in out/. The HTML needs matplotlib; the
-# guard goes once pyproject lists it.
+# table on stdout, JSON and a self-contained HTML report in out/. The HTML needs matplotlib, from the
+# `report` extra in EXTRAS.
 demo: setup
 	@mkdir -p out
 	$(VENV)/bin/gate-node replay --scenario datasets/demo --broker embedded \
@@ -50,7 +50,8 @@ demo: setup
 loadtest: setup
 	$(PY) -m bench.loadtest --out loadtest.json
 
-# Synthesise, train the three models, quantize, evaluate and write model cards (about 30 min here).
+# Synthesise, train the three models, quantize, evaluate and write model cards (about 50 min of training
+# on two cores, plus about 6 min of speech synthesis the first time).
 train: setup
 	$(VENV)/bin/gate-cloud train --recipe datasets/recipes/hey_jarvis.yaml --out out/train --teacher
 
