@@ -72,6 +72,10 @@ if ! "$venv/bin/python" -m pip install -q --upgrade "${src}[node]"; then
     say "gate[node] (ai-edge-litert) failed on $(uname -m); trying tflite-runtime"
     "$venv/bin/python" -m pip install -q --upgrade "${src}[node-tflite]" "numpy<2"
 fi
+# The on-node second stage (kws.second_stage) reads the speech-embedding graphs from this wheel; without
+# its dependencies (tflite-runtime would break numpy 2).
+say "installing openwakeword==0.5.1 (speech-embedding graphs for kws.second_stage)"
+"$venv/bin/python" -m pip install -q --no-deps "openwakeword==0.5.1"
 if "$venv/bin/python" -c 'import ai_edge_litert.interpreter' 2>/dev/null; then
     say "interpreter: LiteRT (ai_edge_litert)"
 elif "$venv/bin/python" -c 'import tflite_runtime.interpreter' 2>/dev/null; then
