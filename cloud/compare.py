@@ -176,6 +176,14 @@ class Context:
         return self.once("verdicts", lambda: _verdicts(self.once("verifier", self.verifier_factory), self.scenes))
 
 
+    def verified_v2(self) -> Callable[[int, float], bool]:
+        """Verifier v2's verdict (the speech-embedding head, also the node's second stage), each asked once."""
+        from cloud.train.pipeline import _verdicts
+        from cloud.verifier import EmbeddingVerifier
+
+        return self.once("verdicts_v2", lambda: _verdicts(self.once("verifier_v2", EmbeddingVerifier), self.scenes))
+
+
 EngineFn = Callable[[Context], Run]
 ENGINES: dict[str, EngineFn] = {}
 COMPETITORS: set[str] = set()
@@ -290,6 +298,17 @@ for _kind in ("logmel", "analog_envelopes"):
     engine(f"gate analog gate -> tiny int8 ({_kind}) -> verifier")(
         lambda ctx, k=_kind: _verified(_gated(ctx, k), ctx))
 engine("gate tiny int8 (analog_envelopes, ungated)")(partial(_ungated, kind="analog_envelopes"))
+
+
+def _verified_v2(run: Run, ctx: Context) -> Run:
+    return dataclasses.replace(run, keep=ctx.verified_v2(), thresholds=VERIFIED_SWEEP)
+
+
+# The speech-embedding head: in the cloud (verifier v2), and on a Pi-class node as its second stage, which
+# checks each candidate of the gated tiny model before upload (the same verdicts; it runs on the node).
+engine("gate tiny int8 + cloud verifier v2")(lambda ctx: _verified_v2(_ungated(ctx, "logmel"), ctx))
+engine("gate analog gate -> tiny int8 (logmel) -> node second stage")(
+    lambda ctx: _verified_v2(_gated(ctx, "logmel"), ctx))
 
 
 # --- competitors ------------------------------------------------------------------------------------
