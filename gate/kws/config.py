@@ -45,7 +45,9 @@ class KwsConfig(Strict):
         1.5, ge=0.0, le=30.0, description="After a detection, further hits are ignored for this long, audio seconds")
     stride_frames: int = Field(
         3, ge=1, le=20, description="Feature frames between inferences (3 x 10 ms = one inference every 30 ms)")
-    second_stage: SecondStageConfig = Field(default_factory=SecondStageConfig)
+    second_stage: SecondStageConfig = Field(
+        default_factory=SecondStageConfig,
+        description="On-node check of each candidate on speech embeddings before upload (Pi-class nodes)")
 
     @model_validator(mode="after")
     def _smoothing_covers_inferences(self) -> KwsConfig:
