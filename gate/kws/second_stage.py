@@ -13,7 +13,6 @@ ends within ``SEARCH_S`` of the fire time are scored in one batch, and the score
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +27,13 @@ SMOOTH = 2                # windows are 80 ms apart: two span what three 20 ms-a
 
 
 def read_card(path: Path) -> dict:
-    p = Path(path).with_suffix(".json")
-    if not p.is_file():
-        raise ModelError(f"{p}: model card missing (it names the features and the threshold)", code="model_missing")
-    try:
-        card = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{p}: not a readable model card ({exc})", code="model_card") from None
-    if not isinstance(card, dict):
-        raise ModelError(f"{p}: a model card is a JSON object, not {type(card).__name__}", code="model_card")
+    """The head's card (gate.kws.stage.read_card's checks), which it cannot run without."""
+    from gate.kws.stage import read_card as read_any
+
+    card = read_any(path)
+    if not card:
+        raise ModelError(f"{Path(path).with_suffix('.json')}: model card missing (it names the features and the "
+                         "threshold)", code="model_missing")
     return card
 
 
