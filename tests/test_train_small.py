@@ -27,7 +27,7 @@ tiny: {window_frames: 100, stem: 16, blocks: [[24, 2], [32, 2]], kernel: 5, epoc
        prune_sparsity: 0.5, prune_epochs: 1, int8_output: logit, seed_per_model: true}
 verifier: {window_frames: 198, stem: 24, blocks: [[32, 2], [48, 2]], kernel: 5, epochs: 2, batch: 32}
 commands: {window_frames: 158, stem: 16, blocks: [[24, 2]], kernel: 5, epochs: 1, batch: 32, scene_minutes: 1}
-verifier_v2: {hidden: 16, layers: 2, epochs: 3, batch: 64, mine_epochs: 1}
+verifier_v2: {hidden: 16, layers: 2, epochs: 12, batch: 32, lr: 0.003, mine_epochs: 1}
 distill: {teacher: verifier_v2}
 streams: {minutes: 1, mine_minutes: 1, mine_epochs: 1, mine_threshold: 0.05}
 feature_kinds: [logmel]
