@@ -2,8 +2,8 @@
 
 v1 (``verifier.tflite``) is a temporal CNN on the node's own log-mel features; v2
 (gate/models/second_stage.tflite, the node's second stage too) is a head on the speech-embedding front
-end (gate/kws/embedding.py),
-which was learned from real human speech. ``load_verifier`` picks the class a model's card asks for.
+end (gate/kws/embedding.py), which was learned from real human speech. ``load_verifier`` picks the class a
+model's card asks for.
 
 Each takes the segment a node forwards (int16 at 16 kHz: pre-roll + wake phrase + command window)
 and where in it the node's detector fired, and re-scores the windows ending around there (see
@@ -67,7 +67,6 @@ class Verifier:
     def verify(self, samples: np.ndarray, fired_at_s: float) -> tuple[bool, float]:
         p = self.score(samples, fired_at_s)
         return p >= self.threshold, p
-
 
 
 class EmbeddingVerifier(EmbeddingCheck):

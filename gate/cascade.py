@@ -64,6 +64,8 @@ class Spotter(Protocol):
 class Checker(Protocol):
     """What the cascade needs of a second stage (gate.kws.second_stage.EmbeddingCheck is one)."""
 
+    audio_s: float  # audio it has embedded so far, s (what the ledger charges it for)
+
     def verify(self, samples: np.ndarray, fired_at_s: float) -> tuple[bool, float]: ...
 
 
@@ -345,12 +347,11 @@ class Cascade:
 
     def _emit(self, seg: Segment, out: CascadeOutput) -> None:
         if self.second_stage is not None:
-            before = getattr(self.second_stage, "audio_s", None)
+            before = self.second_stage.audio_s
             accepted, score = self.second_stage.verify(seg.samples, seg.t_detect_s - seg.t_start_s)
             self._n.second_checks += 1
-            # The audio the check embedded (only the windows it needs); the whole segment if it does not say.
-            embedded = (self.second_stage.audio_s - before) if before is not None else seg.n_samples / self.sample_rate
-            self._n.second_samples += int(round(embedded * self.sample_rate))
+            # The audio the check embedded: only the windows it needs, not the whole segment.
+            self._n.second_samples += int(round((self.second_stage.audio_s - before) * self.sample_rate))
             if not accepted:
                 self._n.second_rejected += 1
                 out.rejected.append(Rejected(segment=seg, score=float(score)))

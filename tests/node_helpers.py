@@ -86,3 +86,15 @@ def node_settings(tmp_path: Path, model: str = "standin") -> GateSettings:
     s.mqtt.spool_dir = str(tmp_path / "spool")
     s.node.heartbeat_s = 2.0
     return s
+
+
+def feed(cascade, x, chunk: int) -> tuple[list, list]:
+    """Feed ``x`` to a cascade ``chunk`` samples at a time, then flush: (published segments, second-stage
+    rejections)."""
+    published, rejected = [], []
+    for a in range(0, x.size, chunk):
+        out = cascade.process(x[a:a + chunk])
+        published += out.segments
+        rejected += out.rejected
+    tail = cascade.flush()
+    return published + tail.segments, rejected + tail.rejected

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from kws_standin import kws_model_path
-from node_helpers import at_dbfs, hum, pink_noise
+from node_helpers import at_dbfs, feed, hum, pink_noise
 
 from gate.audio import float_to_int16
 from gate.cascade import Cascade
@@ -287,15 +287,7 @@ def test_second_stage_keeps_a_rejected_candidate_off_the_radio_and_is_charged():
     sink, check = Sink(), FirstRejected()
     c = build(publisher=sink)
     c.second_stage = check
-    x = scene()
-    segs, rejected = [], []
-    for a in range(0, x.size, 1000):
-        out = c.process(x[a:a + 1000])
-        segs += out.segments
-        rejected += out.rejected
-    tail = c.flush()
-    segs += tail.segments
-    rejected += tail.rejected
+    segs, rejected = feed(c, scene(), 1000)
     assert len(check.calls) == 2 and len(rejected) == 1 and len(segs) == 1 and len(sink.payloads) == 1
     assert rejected[0].score == pytest.approx(0.1) and rejected[0].segment.t_detect_s < segs[0].segment.t_detect_s
     # Each check is given its segment and where in it the tiny model fired.

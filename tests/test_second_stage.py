@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from node_helpers import feed
 
 from gate.kws.interpreter import ModelError
 from gate.kws.second_stage import DEFAULT_SECOND_STAGE, SEARCH_S, EmbeddingCheck
@@ -101,15 +102,7 @@ def test_node_cascade_with_the_second_stage_from_the_thresholds_file():
     bed = lambda n: (rng.standard_normal(n) * 20).astype(np.int16)  # noqa: E731 - a quiet room
     parts = [bed(16_000 * 2), read_audio(DATA / POS[0]), bed(16_000 * 4), read_audio(DATA / "neg_travis.flac"),
              bed(16_000 * 4)]
-    x = np.concatenate(parts)
-    published, rejected = [], []
-    for a in range(0, x.size, 1600):
-        out = c.process(x[a:a + 1600])
-        published += out.segments
-        rejected += out.rejected
-    tail = c.flush()
-    published += tail.segments
-    rejected += tail.rejected
+    published, rejected = feed(c, np.concatenate(parts), 1600)
     assert len(published) == 1 and 2.0 < published[0].segment.t_detect_s < 2.0 + 3.0, published
     snap = c.ledger.snapshot()
     assert snap[SECOND_STAGE].invocations == len(published) + len(rejected) >= 1

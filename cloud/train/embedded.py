@@ -148,13 +148,13 @@ def teacher_stream_scores(teacher: dict, ends: list[tuple[np.ndarray, np.ndarray
     order dataset.gather uses): the embedding window whose last embedding ends at or before that time."""
     out = []
     for st, (pos, neg) in zip(teacher["streams"], ends, strict=True):
+        padded = _padded(st.feats, window)
         for rows in (pos, neg):
             t = featurizer.frame_end_s(np.asarray(rows) - 1)
             j = np.floor((t * SAMPLE_RATE - _SPAN) / _HOP).astype(np.int64) + 1  # embedding rows ending <= t
             j = np.clip(j, 1, st.feats.shape[0])
             if j.size:
-                out.append(fit.predict(teacher["model"], dataset.windows(_padded(st.feats, window), j + window - 1,
-                                                                           window))[:, 0])
+                out.append(fit.predict(teacher["model"], dataset.windows(padded, j + window - 1, window))[:, 0])
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

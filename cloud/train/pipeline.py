@@ -519,7 +519,10 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
            for k in tqdm(ev.scenes, desc="dev scenes", leave=False)]
     tests = build_eval_scenes(recipe, eval_r, minutes)
     checks = _verifiers(out, ev.verifier_threshold)
-    verifier = checks["verifier"]
+    # Each check's verdict on a fire depends only on the scene and the time: asked once, whichever tiny model,
+    # threshold or table needs it.
+    dev_passes = {v: _verdicts(m, dev) for v, m in checks.items()}
+    test_passes = {v: _verdicts(m, tests) for v, m in checks.items()}
     own = out / "commands.tflite"
     recogniser = CommandRecognizer(**({"model_path": own} if own.is_file() else {}))
     result: dict = {"scene_minutes": minutes, "scenes": ev.scenes,
@@ -529,9 +532,9 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
         base = KwsConfig(model_path=tiny_cards[name].get("shipped_path") or str(out / f"{name}.tflite"),
                          feature_kind=kind)
         dev_scores = [_posteriors(base, s) for s in dev]
-        thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour,
-                              verifier if ev.tune_for == "cascade" else None, ev.dev_uploads_per_hour,
-                              logit=KeywordSpotter.from_config(base).logits)
+        logit = KeywordSpotter.from_config(base).logits
+        thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour, checks["verifier"] if ev.tune_for == "cascade"
+                              else None, ev.dev_uploads_per_hour, logit=logit, passes=dev_passes["verifier"])
         cfg = base.model_copy(update={"threshold": thr})
         per_scene, tiny_all, all_scored, all_kept = {}, [], [], []
         hows = ["tiny"] + [f"tiny+{v}" for v in checks]
@@ -539,14 +542,14 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
         voices: dict[str, list] = {h: [] for h in hows}
         sources: dict[str, list] = {h: [] for h in hows}
         cpu = 0.0
-        for s in tests:
+        for i, s in enumerate(tests):
             t0 = time.process_time()
             scored = _posteriors(cfg, s)
             cpu += time.process_time() - t0
             all_scored.append(scored)
             times = _detect(cfg, scored)
             tiny = metrics.score(times, s.keywords, s.hours)
-            passed = {f"tiny+{v}": [t for t in times if verified(m, s.audio, t)] for v, m in checks.items()}
+            passed = {f"tiny+{v}": [t for t in times if ok(i, t)] for v, ok in test_passes.items()}
             all_kept.append(passed["tiny+verifier"])
             per_scene[s.name] = {"tiny": tiny.as_dict()}
             for how, kept in passed.items():
@@ -568,14 +571,14 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
                         "false_accepts_by_source": {h: metrics.merge_breakdowns(v) for h, v in sources.items()},
                         "commands_after_detection": command_accuracy(recogniser, tests, all_kept),
                         "kws_cpu_s_per_audio_hour_ungated": round(cpu / hours, 1),
-                        "curve": _curve(base, tests, all_scored, checks),
-                        "cascade_tuned": _cascade_tuned(base, dev, dev_scores, tests, all_scored, checks, ev,
-                                                        KeywordSpotter.from_config(base).logits)}
+                        "curve": _curve(base, tests, all_scored, test_passes),
+                        "cascade_tuned": _cascade_tuned(base, dev, dev_scores, tests, all_scored, checks, dev_passes,
+                                                        test_passes, ev, logit)}
     return result
 
 
-def _cascade_tuned(base: KwsConfig, dev: list, dev_scores: list, tests: list, scored: list, checks: dict, ev,
-                   logit: bool) -> dict:
+def _cascade_tuned(base: KwsConfig, dev: list, dev_scores: list, tests: list, scored: list, checks: dict,
+                   dev_passes: dict, test_passes: dict, ev, logit: bool) -> dict:
     """With a check behind it (the cloud's verifier, or the node's second stage on v2) the node can fire
     lower and let the check decide: per check, the node threshold tuned on the dev scenes for the cascade
     (the lowest whose checked false accepts stay within dev_fa_per_hour and whose uploads, or second-stage
@@ -583,9 +586,10 @@ def _cascade_tuned(base: KwsConfig, dev: list, dev_scores: list, tests: list, sc
     out = {}
     hours = sum(s.hours for s in tests)
     for name, check in checks.items():
-        thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour, check, ev.dev_uploads_per_hour, logit=logit)
+        thr = _pick_threshold(base, dev, dev_scores, ev.dev_fa_per_hour, check, ev.dev_uploads_per_hour, logit=logit,
+                              passes=dev_passes[name])
         c = base.model_copy(update={"threshold": thr})
-        passes = _verdicts(check, tests)
+        passes = test_passes[name]
         node, kept = [], []
         for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
             times = _detect(c, sc)
@@ -597,15 +601,15 @@ def _cascade_tuned(base: KwsConfig, dev: list, dev_scores: list, tests: list, sc
     return out
 
 
-def _curve(cfg: KwsConfig, tests: list, scored: list, checks: dict) -> list[dict]:
-    """Miss rate and FA/h of the tiny model alone and behind each verifier, across detector thresholds
-    (``verified_*`` is v1, ``verified_v2_*`` the embedding verifier)."""
-    passes = {name: _verdicts(v, tests) for name, v in checks.items()}
+def _curve(cfg: KwsConfig, tests: list, scored: list, passes: dict) -> list[dict]:
+    """Miss rate and FA/h of the tiny model alone and behind each verifier (``passes``: its verdicts on the
+    ``tests``, as ``_verdicts`` gives them), across detector thresholds (``verified_*`` is v1,
+    ``verified_v2_*`` the embedding verifier)."""
     out = []
     for thr in CURVE:
         c = cfg.model_copy(update={"threshold": thr})
         tiny, voices = [], []
-        ver: dict[str, list] = {name: [] for name in checks}
+        ver: dict[str, list] = {name: [] for name in passes}
         for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
             times = _detect(c, sc)
             tiny.append(metrics.score(times, s.keywords, s.hours))
@@ -683,12 +687,13 @@ def _detect(cfg: KwsConfig, scored: list) -> list[float]:
 
 
 def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: float, verifier=None,
-                    uploads_per_hour: float = float("inf"), *, logit: bool = False) -> float:
+                    uploads_per_hour: float = float("inf"), *, logit: bool = False, passes=None) -> float:
     """Lowest threshold whose false accepts on the dev scenes stay within ``fa_per_hour``. With a
     ``verifier`` (tuning for the cascade) only the false accepts it passes count, and the node's own
     (what it uploads for the cloud to reject) must stay within ``uploads_per_hour``."""
     hours = sum(s.hours for s in dev)
-    passes = _verdicts(verifier, dev) if verifier is not None else None
+    # ``passes``: the verifier's verdicts on ``dev`` already being collected (``_verdicts``), to share them.
+    passes = (passes or _verdicts(verifier, dev)) if verifier is not None else None
     candidates = LOGIT_THRESHOLDS if logit else THRESHOLDS
     for thr in candidates:
         c = cfg.model_copy(update={"threshold": float(thr)})

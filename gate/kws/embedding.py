@@ -168,7 +168,8 @@ class SpeechEmbedding:
     def frame_end_s(self, i: np.ndarray | int) -> np.ndarray:
         return (np.asarray(i, dtype=np.float64) * self.hop + self.span) / self.sample_rate
 
-    def spec(self) -> dict:
-        return {"kind": self.kind, "sample_rate": SAMPLE_RATE, "mel_window": MEL_WIN, "mel_hop": MEL_HOP,
+    @classmethod
+    def spec(cls) -> dict:
+        return {"kind": cls.kind, "sample_rate": SAMPLE_RATE, "mel_window": MEL_WIN, "mel_hop": MEL_HOP,
                 "n_mels": N_MELS, "embedding_window_frames": EMB_WIN, "embedding_hop_frames": EMB_HOP,
                 "dim": EMB_DIM, "package": f"{PACKAGE}=={VERSION}", "licence": LICENCE}
