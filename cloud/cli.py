@@ -10,25 +10,28 @@ from pathlib import Path
 
 from cloud.service.cli import add_serve_parser, serve
 from gate import __version__
-from gate.errors import GateError
+from gate.cliutil import Parser, boundary, fail, input_dir, input_file, number, output_dir, parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gate-cloud", description="gate's cloud side: verifier service and training.")
+    p = Parser(prog="gate-cloud", description="gate's cloud side: verifier service and training.")
     p.add_argument("--version", action="version", version=f"gate {__version__}")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     t = sub.add_parser("train", help="synthesise data, train the tiny KWS, verifier and command recogniser, "
                                      "quantize, evaluate, write models and model cards")
-    t.add_argument("--recipe", required=True, type=Path, help="training recipe YAML (datasets/recipes/hey_jarvis.yaml)")
-    t.add_argument("--out", required=True, type=Path, help="output directory for models and card.json")
+    t.add_argument("--recipe", required=True, type=input_file,
+                   help="training recipe YAML (datasets/recipes/hey_jarvis.yaml)")
+    t.add_argument("--out", required=True, type=output_dir, help="output directory for models and card.json")
     t.add_argument("--teacher", action="store_true",
                    help="also train the tiny model on the verifier's soft labels (distillation) and report both")
     t.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
-    t.add_argument("--scene-minutes", type=float, default=None, help="override the evaluation scene length")
+    t.add_argument("--scene-minutes", type=number(lo=0, lo_open=True, hi=24 * 60), default=None,
+                   help="override the evaluation scene length")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation scenes")
-    t.add_argument("--threads", type=int, default=2, help="TensorFlow threads (the machine may be shared)")
-    t.add_argument("--cache-dir", type=Path, default=None,
+    t.add_argument("--threads", type=number(lo=1, hi=64, integer=True), default=2,
+                   help="TensorFlow threads (the machine may be shared)")
+    t.add_argument("--cache-dir", type=output_dir, default=None,
                    help="keep synthesised speech here for reruns (default: --out)")
     t.add_argument("--kinds", default=None,
                    help="comma-separated feature kinds for the tiny model (default: the recipe's feature_kinds)")
@@ -38,23 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ship", action="store_true",
                    help="copy the models into gate/models/ and cloud/models/ (the shipped defaults) when done")
     s = sub.add_parser("ship", help="copy a finished run's models into gate/models/ and cloud/models/")
-    s.add_argument("run_dir", type=Path, help="the --out directory of a `gate-cloud train` run")
+    s.add_argument("run_dir", type=input_dir, help="the --out directory of a `gate-cloud train` run")
     add_serve_parser(sub)
     return p
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cloud.train.pipeline import Options, run
-    from cloud.train.recipe import load_recipe
+    from cloud.train.pipeline import PARTS, Options, run
+    from cloud.train.recipe import FEATURE_KINDS, load_recipe
 
+    only = tuple(v.strip() for v in args.only.split(",") if v.strip()) if args.only else None
+    if only is not None:
+        unknown = sorted(set(only) - set(PARTS) - {"eval"})
+        if unknown or not only or ("eval" in only and len(only) > 1):
+            fail(f"--only: {args.only!r}: give 'eval' alone or a comma list of {', '.join(PARTS)}")
     recipe = load_recipe(args.recipe)
     if args.seed is not None:
         recipe = recipe.model_copy(update={"seed": args.seed})
     if args.kinds:
-        recipe = recipe.model_copy(update={"feature_kinds": args.kinds.split(",")})
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        allowed = FEATURE_KINDS
+        if not kinds or set(kinds) - set(allowed):
+            fail(f"--kinds: {args.kinds!r}: give a comma list of {', '.join(allowed)}")
+        recipe = recipe.model_copy(update={"feature_kinds": kinds})
     card = run(recipe, args.out, Options(teacher=args.teacher, scene_minutes=args.scene_minutes,
                                          threads=args.threads, evaluate=not args.no_eval, cache_dir=args.cache_dir,
-                                         only=tuple(args.only.split(",")) if args.only else None))
+                                         only=only))
     summary = {name: {k: m.get(k) for k in ("params", "macs", "size_bytes_int8", "size_bytes", "accuracy_test_float",
                                             "accuracy_test_int8") if k in m}
                for name, m in card["models"].items()}
@@ -79,23 +91,15 @@ def _ship(run_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(level=args.log_level, stream=sys.stderr)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "ship":
-            return _ship(args.run_dir)
-        if args.command == "serve":
-            return serve(args)
-    except GateError as exc:
-        print(f"gate-cloud {args.command}: {exc}", file=sys.stderr)
-        return 1
-    return 2
-
+    commands = {"train": _train, "ship": lambda a: _ship(a.run_dir), "serve": serve}
+    return boundary(f"gate-cloud {args.command}", lambda: commands[args.command](args))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -89,14 +89,20 @@ class SettingsError(ConfigError):
 
 
 def load_settings(path: str | os.PathLike | None = None, *,
-                  env: Mapping[str, str] | None = None) -> GateSettings:
-    """Defaults <- YAML file (optional) <- GATE_ environment overrides, validated as one tree."""
+                  env: Mapping[str, str] | None = None, section: str | None = None) -> GateSettings:
+    """Defaults <- YAML file (optional) <- GATE_ environment overrides, validated as one tree.
+
+    ``section``: the file may also hold that one section's fields alone (``gate-cloud serve --config``
+    takes a thresholds file or its ``cloud:`` section); errors still name the file, line and field."""
     data: dict[str, Any] = {}
     marks: dict[tuple, str] = {}
     where = "<defaults>"
     if path is not None:
         where = str(path)
         data, marks = _read_yaml(Path(path))
+        if section is not None and data and not (set(data) & (set(GateSettings.model_fields) | {"version"})):
+            data = {section: data}
+            marks = {(section, *loc): mark for loc, mark in marks.items()}
     env_sources = _apply_env(data, os.environ if env is None else env)
     try:
         return GateSettings.model_validate(data)

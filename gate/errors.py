@@ -33,3 +33,9 @@ class ProfileError(GateError):
     """An energy device profile that is missing or invalid."""
 
     code = "profile_invalid"
+
+
+class UsageError(GateError):
+    """A command-line argument, or a file it names, that the command cannot use."""
+
+    code = "usage"

@@ -167,7 +167,8 @@ def det_plot(report: dict) -> str:
     ax.set_ylabel("miss rate, %")
     ax.set_ylim(-2, 102)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    if drawn:
+        ax.legend(fontsize=8, frameon=False)
     ax.set_title("DET: KWS threshold sweep over the recorded posteriors", fontsize=10)
     fig.tight_layout()
     return _png(fig)

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 REALTIME_BLOCK = 320  # 20 ms: what a live node gets per PortAudio callback
 LEVEL_HOP_S = 0.1  # resolution of the audio level kept for the report's timeline
 DEFAULT_VERDICT_IDLE_S = 10.0  # give up waiting for verdicts after this long without a new one
+NARROWBAND_HZ = 16_000  # below this the upper speech band is missing
 EXTERNAL_VERDICT_WAIT_S = 5.0  # an external broker's service, if any: it may be busy with other nodes
 
 
@@ -180,6 +181,10 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
                 progress: Callable[[float], None] | None = None) -> FileResult:
     """The whole cascade over one file (and the always-on reference spotter, if given)."""
     source = AudioFileSource(path, target_rate=settings.audio.sample_rate)
+    if source.info.sample_rate < NARROWBAND_HZ:
+        log.warning("%s: %d Hz audio is narrowband (nothing above %d Hz); the models were trained on %d Hz "
+                    "speech and may miss wake words in it", path, source.info.sample_rate,
+                    source.info.sample_rate // 2, settings.audio.sample_rate)
     ledger = EnergyLedger(always_on=(ANALOG_GATE,))
     if publisher is None:
         publisher = EstimatedRadio(ledger=ledger, mqtt=settings.mqtt, link=kws is not None)
@@ -421,15 +426,19 @@ def _detector_params(settings: GateSettings, kws: Any | None) -> dict | None:
 
 def scenario_inputs(directory: Path) -> tuple[Path, list]:
     """(audio file, labels) of a ``gate-data scenario`` directory (scenario.json + labels.csv)."""
-    import json
-
+    from gate.cliutil import read_json
     from sensors.scenario import read_labels
 
     meta_path, labels_path = directory / "scenario.json", directory / "labels.csv"
     for p in (meta_path, labels_path):
         if not p.is_file():
             raise AudioInputError(f"{directory}: not a complete scenario (no {p.name})", code="scenario_incomplete")
-    audio = directory / json.loads(meta_path.read_text())["audio"]
+    meta = read_json(meta_path, "scenario description (JSON)")
+    if not isinstance(meta, dict) or not isinstance(meta.get("audio"), str) or not meta["audio"]:
+        raise AudioInputError(f"{meta_path}: audio: missing or not a file name", code="scenario_invalid")
+    audio = directory / meta["audio"]
+    if not audio.is_file():
+        raise AudioInputError(f"{meta_path}: audio: {audio} is not a file", code="scenario_incomplete")
     return audio, read_labels(labels_path)
 
 

@@ -289,7 +289,28 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def load_report(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A saved replay report, its counts checked; a UsageError naming the file and field otherwise."""
+    from gate.cliutil import fail, read_json
+
+    report = read_json(Path(path), "gate replay report (JSON)")
+    if not isinstance(report, dict) or "counts" not in report or "baselines" not in report:
+        fail(f"{path}: not a gate replay report (no counts and baselines)", code="report_invalid")
+    where = "counts"
+    try:
+        LedgerSnapshot.from_dict(report["counts"])
+        if not isinstance(report["baselines"], dict):
+            raise TypeError("baselines must be a mapping")
+        for name, base in report["baselines"].items():
+            where = f"baselines.{name}.counts"
+            if not isinstance(base, dict) or "counts" not in base:
+                raise TypeError("missing")
+            LedgerSnapshot.from_dict(base["counts"])
+        where = "profile.name"
+        if not isinstance(report.get("profile"), dict) or not isinstance(report["profile"].get("name"), str):
+            raise TypeError("missing or not a string")
+    except (TypeError, ValueError) as exc:
+        fail(f"{path}: {where}: {exc}", code="report_invalid")
+    return report
 
 
 def summary_text(report: dict) -> str:

@@ -18,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from gate.errors import GateError
+from gate.cliutil import Parser, boundary, input_file, number, output_dir, parse
 from gate.vocabulary import WAKE_PHRASE
 
 log = logging.getLogger("gate-data")
@@ -169,30 +169,32 @@ def cmd_confusables(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gate-data", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="gate-data", description=__doc__.split("\n\n")[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="augmented one-second clips: wake phrase, confusables, other speech, noise")
     s.add_argument("--phrase", help=f"wake phrase (default {WAKE_PHRASE!r})")
-    s.add_argument("--out", required=True, help="output directory (created; must be new or empty unless --force)")
-    s.add_argument("--n", type=int, help="number of clips (default 1000)")
+    s.add_argument("--out", required=True, type=output_dir,
+                   help="output directory (created; must be new or empty unless --force)")
+    s.add_argument("--n", type=number(lo=1, hi=10_000_000, integer=True), help="number of clips (default 1000)")
     s.add_argument("--seed", type=int, help="random seed (default 0); same seed, same bytes")
     s.add_argument("--engines", help="comma list of espeak, mbrola, pico, rhvoice (default: every engine installed)")
     s.add_argument("--voices", help="comma list of voices, e.g. espeak:en-us+f3,mbrola:mb-us1,pico:en-GB")
     s.add_argument("--language", help="voice language prefix (default en)")
-    s.add_argument("--negatives", help="file of extra negative words/phrases, one per line")
-    s.add_argument("--config", help="YAML synth config (fields of SynthConfig); flags override it")
-    s.add_argument("--workers", type=int, help="worker processes (default 2)")
+    s.add_argument("--negatives", type=input_file, help="file of extra negative words/phrases, one per line")
+    s.add_argument("--config", type=input_file, help="YAML synth config (fields of SynthConfig); flags override it")
+    s.add_argument("--workers", type=number(lo=1, hi=64, integer=True), help="worker processes (default 2)")
     s.add_argument("--force", action="store_true", help="replace an existing output directory")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_synth)
 
     c = sub.add_parser("scenario", help="a long labelled stream from a recipe")
-    c.add_argument("--recipe", required=True, help="YAML recipe, e.g. datasets/recipes/quiet_home.yaml")
-    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--recipe", required=True, type=input_file,
+                   help="YAML recipe, e.g. datasets/recipes/quiet_home.yaml")
+    c.add_argument("--out", required=True, type=output_dir, help="output directory")
     c.add_argument("--seed", type=int, help="override the recipe's seed")
-    c.add_argument("--duration-s", type=float, help="override the recipe's duration")
+    c.add_argument("--duration-s", type=number(lo=0, lo_open=True), help="override the recipe's duration")
     c.add_argument("--force", action="store_true", help="replace an existing output directory")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_scenario)
@@ -204,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("confusables", help="print the phonetic confusables of a phrase")
     f.add_argument("--phrase", default=WAKE_PHRASE)
-    f.add_argument("--n", type=int, default=40)
+    f.add_argument("--n", type=number(lo=1, hi=10_000, integer=True), default=40)
     f.set_defaults(func=cmd_confusables)
     return p
 
@@ -216,19 +218,18 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="gate-data: %(levelname)s: %(message)s", stream=sys.stderr)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
-        return int(args.func(args))
-    except GateError as exc:
-        print(f"gate-data {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"gate-data {args.command}: interrupted; no output was completed", file=sys.stderr)
-        return 130
+        code = boundary(f"gate-data {args.command}", lambda: args.func(args))
+        if code == 130:
+            print(f"gate-data {args.command}: interrupted; no output was completed", file=sys.stderr)
+        return code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -103,8 +103,11 @@ class Microphone:
             info = sd.query_devices(self.device, kind="input") if self.device is not None else \
                 sd.query_devices(kind="input")
         except (ValueError, sd.PortAudioError) as exc:
-            raise AudioInputError(f"microphone {self.device!r}: {exc}; inputs: {_input_names(sd)}",
-                                  code="mic_device") from None
+            names = _input_names(sd)
+            if not names:
+                raise AudioInputError(NO_INPUT_DEVICE, code="mic_none") from None
+            what = f"microphone {self.device!r}" if self.device is not None else "the default microphone"
+            raise AudioInputError(f"{what}: {exc}; inputs: {names}", code="mic_device") from None
         self.device_name = str(info["name"])
         index = int(info["index"])
         self.device_rate = self._pick_rate(sd, index, int(round(info["default_samplerate"])))
@@ -190,6 +193,10 @@ def _sounddevice():
         raise AudioInputError(f"sounddevice/PortAudio unavailable ({exc}); pip install sounddevice and "
                               "apt-get install libportaudio2", code="mic_unavailable") from None
     return sd
+
+
+NO_INPUT_DEVICE = ("no input device found: check that the system sees a microphone (`arecord -l`; with "
+                   "PulseAudio or PipeWire, `pactl list short sources`) and that this user may use it (group audio)")
 
 
 def _input_names(sd) -> str:

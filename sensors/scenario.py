@@ -535,11 +535,43 @@ class Label:
     end_sample: int
 
 
+_READ_FIELDS = ("start_s", "end_s", "label", "kind", "text", "snr_db", "start_sample", "end_sample")
+
+
 def read_labels(path: Path) -> list[Label]:
-    with Path(path).open(newline="") as f:
-        return [Label(float(r["start_s"]), float(r["end_s"]), r["label"], r["kind"], r["text"],
-                      float(r["snr_db"]) if r["snr_db"] else None, int(r["start_sample"]), int(r["end_sample"]))
-                for r in csv.DictReader(f)]
+    """The labels of a scenario; a RecipeError naming the file, line and field of a malformed row."""
+    from gate.cliutil import read_csv
+
+    labels = []
+    for line, r in read_csv(Path(path), _READ_FIELDS, "scenario labels file"):
+        field = ""
+        try:
+            field = "start_s"
+            start = _finite(r["start_s"])
+            field = "end_s"
+            end = _finite(r["end_s"])
+            field = "snr_db"
+            snr = _finite(r["snr_db"]) if r["snr_db"] else None
+            field = "start_sample"
+            a = int(r["start_sample"])
+            field = "end_sample"
+            b = int(r["end_sample"])
+        except ValueError:
+            raise RecipeError(f"{path}:{line}: {field}: not a number: {r[field]!r}", code="labels_invalid") from None
+        if not 0 <= start <= end or not 0 <= a <= b:
+            raise RecipeError(f"{path}:{line}: a label must have 0 <= start <= end", code="labels_invalid")
+        if r["label"] not in LABELS:
+            raise RecipeError(f"{path}:{line}: label: {r['label']!r} is not one of {', '.join(LABELS)}",
+                              code="labels_invalid")
+        labels.append(Label(start, end, r["label"], r["kind"], r["text"], snr, a, b))
+    return labels
+
+
+def _finite(text: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(text)
+    return v
 
 
 __all__ = ["LABELS", "LABEL_FIELDS", "Recipe", "load_recipe", "read_labels", "render", "write_labels"]

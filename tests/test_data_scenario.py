@@ -191,7 +191,7 @@ def test_yaml_error_gives_line_and_column(tmp_path):
 
 def test_missing_recipe(tmp_path, capsys):
     assert datacli.main(["scenario", "--recipe", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
-    assert "no such recipe file" in capsys.readouterr().err
+    assert "nope.yaml: no such file" in capsys.readouterr().err
 
 
 @needs_espeak

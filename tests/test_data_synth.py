@@ -111,7 +111,7 @@ def _assert_nothing_complete(out: Path) -> None:
     (["--engines", "espeak,festival"], "unknown TTS engine 'festival'"),
     (["--voices", "espeak:xx-yy"], "unknown voice 'espeak:xx-yy'"),
     (["--voices", "mbrola:mb-us1+f3"], "variant"),
-    (["--n", "0"], "field n"),
+    (["--n", "0"], "--n: 0 must be >= 1"),
     (["--negatives", "/nonexistent/words.txt"], "/nonexistent/words.txt"),
 ])
 def test_bad_input_is_one_clear_line_and_no_output(tmp_path, capsys, argv, needle):

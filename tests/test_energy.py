@@ -271,7 +271,7 @@ def test_missing_profile_and_bad_yaml(tmp_path):
         load_profile(tmp_path / "absent.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(ProfileError, match="not valid YAML"):
+    with pytest.raises(ProfileError, match="bad.yaml:2:1: YAML syntax error"):
         load_profile(bad)
     bad.write_text("- a list\n")
     with pytest.raises(ProfileError, match="mapping"):

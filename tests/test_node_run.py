@@ -182,7 +182,8 @@ def test_replay_scores_a_scenario_against_its_labels(tmp_path):
     cfg = tmp_path / "t.yaml"
     cfg.write_text(f"kws:\n  model_path: {settings.kws.model_path}\n")
     out = tmp_path / "r.json"
-    assert main(["--config", str(cfg), "replay", "--scenario", str(demo), "--report", str(out), "--quiet"]) == 0
+    assert main(["--config", str(cfg), "replay", "--scenario", str(demo), "--broker", "none", "--report", str(out),
+                 "--quiet"]) == 0
     from sensors.scenario import read_labels
 
     sc = json.loads(out.read_text())["scenario"]

@@ -88,7 +88,8 @@ def test_html_is_self_contained_with_the_three_plots(cloud_replay):
 def test_cli_reprice_equals_a_fresh_replay_with_that_profile(scene, tmp_path):
     d, cfg, _ = scene
     saved, repriced = tmp_path / "pi4.json", tmp_path / "mcu.json"
-    assert main(["--config", str(cfg), "replay", "--scenario", str(d), "--report", str(saved), "--quiet",
+    assert main(["--config", str(cfg), "replay", "--scenario", str(d), "--broker", "none", "--report", str(saved),
+                 "--quiet",
                  "--no-reference"]) == 0
     mcu = mcu_without_startup(tmp_path)
     assert main(["report", str(saved), "--profile", str(mcu), "--out", str(repriced), "--quiet"]) == 0
@@ -112,7 +113,8 @@ def _numbers(d: dict) -> dict:
 def test_reprice_notes_a_different_simulated_adc_startup(scene, tmp_path, capsys):
     d, cfg, _ = scene
     saved = tmp_path / "pi4.json"
-    assert main(["--config", str(cfg), "replay", "--scenario", str(d), "--report", str(saved), "--quiet",
+    assert main(["--config", str(cfg), "replay", "--scenario", str(d), "--broker", "none", "--report", str(saved),
+                 "--quiet",
                  "--no-reference"]) == 0
     assert main(["report", str(saved), "--profile", "mcu-analog"]) == 0
     out = capsys.readouterr().out

@@ -33,7 +33,7 @@ from cloud.metrics import ServiceMetrics
 from cloud.serve_config import CloudConfig
 from gate.errors import ConfigError
 from gate.transport.broker import parse_broker_url
-from gate.transport.netutil import set_no_delay
+from gate.transport.netutil import UnreachableLog, set_no_delay
 from gate.wire import SEGMENTS, shared_subscription
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ class BrokerClient:
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_unsubscribe
         c.on_message = self._on_message
+        c.on_connect_fail = self._on_connect_fail
+        self._unreachable = UnreachableLog(log, str(self.url))
         self._client = c
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -150,6 +152,7 @@ class BrokerClient:
             log.error("broker %s refused %s: %s", self.url, self.client_id, reason_code)
             return
         _no_delay(client)
+        self._unreachable.reached()
         with self._lock:
             self._generation += 1
             self._connected = True
@@ -161,6 +164,9 @@ class BrokerClient:
             return
         # Subscribing again on a resumed session is harmless and covers a broker that lost its state.
         client.subscribe(self.filter, qos=1)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._unreachable.failed()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):

@@ -10,8 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
+
+from gate.cliutil import input_file, number, output_dir, output_file
+from gate.errors import ConfigError
 
 # Flag -> CloudConfig field; a flag given on the command line wins over the config file.
 _OVERRIDES = {"broker": "broker", "group": "group", "workers": "workers", "db": "db_url",
@@ -24,19 +26,23 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
                        description="Subscribe to $share/<group>/<prefix>/+/segments, verify each segment, store the "
                                    "verdict and publish it to <prefix>/<node>/verdict. SIGTERM finishes in-flight "
                                    "segments and exits 0; the JSON summary is written on exit.")
-    s.add_argument("--config", type=Path, help="YAML: a thresholds file with a 'cloud:' section, or that section alone")
+    s.add_argument("--config", type=input_file,
+                   help="YAML: a thresholds file with a 'cloud:' section, or that section alone")
     s.add_argument("--broker", help="mqtt://host[:port] or mqtts://host[:port]")
     s.add_argument("--group", help="shared-subscription group")
     s.add_argument("--topic-prefix", help="first topic level (default gate)")
-    s.add_argument("--workers", type=int, help="worker processes to start here")
+    s.add_argument("--workers", type=number(lo=1, hi=256, integer=True), help="worker processes to start here")
     s.add_argument("--db", help="sqlite:///<path> or postgresql://...")
     s.add_argument("--store-audio", action="store_true", default=None, help="keep segment audio (retention applies)")
-    s.add_argument("--metrics-port", type=int, help="Prometheus/summary port of worker 0 (worker i: +i; 0 = free)")
+    s.add_argument("--metrics-port", type=number(lo=0, hi=65535, integer=True),
+                   help="Prometheus/summary port of worker 0 (worker i: +i; 0 = free)")
     s.add_argument("--client-id-prefix", help="MQTT client ids are <prefix>-<index> (default gate-cloud-<host>)")
     s.add_argument("--models-factory", help="module:callable returning CloudModels (default: the shipped models)")
-    s.add_argument("--state-dir", type=Path,
-                   help="each worker keeps worker-<index>-<pid>.json here (state, metrics URL, summary)")
-    s.add_argument("--summary-out", default="-", help="write the JSON summary here on exit ('-' = stdout, '' = none)")
+    s.add_argument("--state-dir", type=output_dir,
+                   help="each worker keeps worker-<index>-<pid>.json here (state, metrics URL, summary; "
+                        "created if missing)")
+    s.add_argument("--summary-out", default="-", type=_summary_target,
+                   help="write the JSON summary here on exit ('-' = stdout, '' = none)")
     s.add_argument("--print-config", action="store_true", help="print the effective configuration as JSON and exit")
     # Internal: how the supervisor starts each worker with the exact validated configuration.
     s.add_argument("--worker-config-stdin", action="store_true", help=argparse.SUPPRESS)
@@ -58,13 +64,14 @@ def serve(args: argparse.Namespace) -> int:
                 data["store_audio"] = True
             cfg = CloudConfig.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors(include_url=False):
-            where = ".".join(str(p) for p in err["loc"]) or "cloud"
-            print(f"gate-cloud serve: {where}: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        return 2
-    except (OSError, yaml.YAMLError, ValueError) as exc:
-        print(f"gate-cloud serve: {args.config}: {exc}", file=sys.stderr)
-        return 2
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or 'cloud'}: {err['msg'].removeprefix('Value error, ')}"
+                    for err in exc.errors(include_url=False)]
+        raise ConfigError("; ".join(problems)) from None
+    if args.state_dir is not None:
+        try:
+            args.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--state-dir {args.state_dir}: cannot create ({exc.strerror or exc})") from None
     if args.print_config:
         print(cfg.model_dump_json(indent=2))
         return 0
@@ -93,14 +100,17 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError("expected a mapping")
-    # A thresholds file (it has a schema version, or a cloud section) or the cloud section on its own.
-    section = data.get("cloud", {}) if "cloud" in data or "version" in data else data
-    if not isinstance(section, dict):
-        raise ValueError("'cloud' must be a mapping")
-    return dict(section)
+    """The cloud section of a thresholds file (every section validated, as the node does), or the
+    section on its own; errors name the file, line and field, with a "did you mean"."""
+    from gate.config import load_settings
+
+    settings = load_settings(path, env={}, section="cloud")
+    return settings.cloud.model_dump(mode="json")
+
+
+def _summary_target(value: str) -> str:
+    """'-' (stdout), '' (none) or a file that can be written."""
+    return value if value in ("-", "") else str(output_file(value))
 
 
 def _write_summary(summary: dict[str, Any], where: str) -> None:
@@ -111,4 +121,6 @@ def _write_summary(summary: dict[str, Any], where: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        Path(where).write_text(text, encoding="utf-8")
+        from gate.report import atomic_write_text
+
+        atomic_write_text(Path(where), text)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from gate.cliutil import yaml_error_text
 from gate.errors import ConfigError
 from gate.strict import Strict
 from sensors.synth import tts
+
+FeatureKind = Literal["logmel", "analog_envelopes", "pcen"]
+FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
 
 
 class AccentSpec(Strict):
@@ -263,7 +267,7 @@ class Recipe(Strict):
     streams: StreamSpec = Field(default_factory=StreamSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     verifier_v2: EmbeddingHeadSpec = Field(default_factory=EmbeddingHeadSpec)
-    feature_kinds: list[Literal["logmel", "analog_envelopes", "pcen"]] = Field(["logmel", "analog_envelopes"])
+    feature_kinds: list[FeatureKind] = Field(["logmel", "analog_envelopes"])
     evaluation: EvalSpec = Field(default_factory=EvalSpec)
     cpu_watts: float = Field(
         7.5, gt=0.0, le=500.0, description="Power charged per busy CPU core for the training energy figure, W")
@@ -275,8 +279,11 @@ def load_recipe(path: str | Path) -> Recipe:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such recipe", code="recipe_missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read the recipe ({getattr(exc, 'strerror', None) or exc})",
+                          code="recipe_invalid") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: YAML error: {exc}", code="recipe_invalid") from None
+        raise ConfigError(f"{p}{yaml_error_text(exc)}", code="recipe_invalid") from None
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:

@@ -11,10 +11,17 @@ import json
 import shutil
 from pathlib import Path
 
+from gate.cliutil import read_json
+from gate.errors import GateError
+
 ROOT = Path(__file__).resolve().parents[2]
 GATE_MODELS = ROOT / "gate" / "models"
 CLOUD_MODELS = ROOT / "cloud" / "models"
 FA_GOAL_PER_HOUR = 0.5
+
+
+class ShipError(GateError):
+    code = "ship_invalid"
 
 
 def pick_tiny(card: dict, kind: str) -> str:
@@ -32,8 +39,24 @@ def pick_tiny(card: dict, kind: str) -> str:
     return min(sorted(names), key=rank)
 
 
+def read_run(run_dir: Path) -> dict:
+    """The run's card.json, checked: it lists models and every listed model's .tflite and .json are
+    there. A ShipError naming the file otherwise, before anything is copied."""
+    card_path = run_dir / "card.json"
+    if not card_path.is_file():
+        raise ShipError(f"{run_dir}: not a finished training run (no card.json)", code="run_incomplete")
+    card = read_json(card_path, "training run card (JSON)")
+    if not isinstance(card, dict) or not isinstance(card.get("models"), dict) or not card["models"]:
+        raise ShipError(f"{card_path}: models: missing or empty", code="run_incomplete")
+    for name in card["models"]:
+        for ext in (".tflite", ".json"):
+            if not (run_dir / f"{name}{ext}").is_file():
+                raise ShipError(f"{run_dir}: the card lists {name} but {name}{ext} is missing", code="run_incomplete")
+    return card
+
+
 def ship(run_dir: Path, gate_models: Path = GATE_MODELS, cloud_models: Path = CLOUD_MODELS) -> dict[str, str]:
-    card = json.loads((run_dir / "card.json").read_text())
+    card = read_run(run_dir)
     gate_models.mkdir(parents=True, exist_ok=True)
     cloud_models.mkdir(parents=True, exist_ok=True)
     shipped: dict[str, str] = {}

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
+from gate.cliutil import yaml_error_text
 from gate.errors import ProfileError
 from gate.strict import Strict
 
@@ -158,19 +159,32 @@ def _looks_like_path(ref: str | Path) -> bool:
     return "/" in ref or "\\" in ref or ref.endswith((".yaml", ".yml"))
 
 
-def _format_errors(exc: ValidationError) -> str:
+def _format_errors(exc: ValidationError, limit: int = 3) -> str:
+    """The first ``limit`` problems, one clause each, and how many more there are."""
     parts = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:limit]:
         loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg} (got {err['input']!r})" if err["type"] != "missing" else f"{loc}: {msg}")
+        got = repr(err["input"])
+        got = got if len(got) <= 40 else got[:37] + "..."
+        parts.append(f"{loc}: {msg} (got {got})" if err["type"] != "missing" else f"{loc}: {msg}")
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
     return "; ".join(parts)
+
+
+# Top-level sections of a thresholds file: a file with these and no 'stages' was given as a profile by mistake.
+_THRESHOLDS_SECTIONS = frozenset({"version", "audio", "analog", "kws", "segmenter", "mqtt", "node", "energy"})
 
 
 def parse_profile(data: Any, *, origin: str = "<profile>") -> DeviceProfile:
     """Validate an already-loaded mapping; errors name ``origin`` and the field path."""
     if not isinstance(data, Mapping):
         raise ProfileError(f"{origin}: a profile must be a YAML mapping, got {type(data).__name__}")
+    if "stages" not in data and _THRESHOLDS_SECTIONS & set(data):
+        raise ProfileError(f"{origin}: this is a thresholds file, not a device profile (give it with -c/--config; "
+                           f"profiles: {', '.join(list_profiles())} or a profile YAML)")
     try:
         return DeviceProfile.model_validate(dict(data))
     except ValidationError as exc:
@@ -186,6 +200,8 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ProfileError(f"{origin}: cannot read profile ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ProfileError(f"{origin}: not a profile (not UTF-8 text)") from None
     else:
         name = str(name_or_path)
         if not _PROFILE_NAME_RE.fullmatch(name):
@@ -198,7 +214,7 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProfileError(f"{origin}: not valid YAML: {exc}") from None
+        raise ProfileError(f"{origin}{yaml_error_text(exc)}") from None
     return parse_profile(data, origin=origin)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gate.cliutil import quiet_native_stderr
 from gate.errors import GateError
 
 BACKENDS: tuple[tuple[str, str], ...] = (
@@ -101,11 +102,12 @@ class TFLiteModel:
             model_content = p.read_bytes()
         self.backend, interpreter_cls = find_interpreter(backends)
         try:
-            self._it = interpreter_cls(model_content=model_content, num_threads=num_threads)
-            if input_shape is not None:
-                self._it.resize_tensor_input(self._it.get_input_details()[0]["index"], [int(s) for s in input_shape],
-                                             strict=False)
-            self._it.allocate_tensors()
+            with quiet_native_stderr():
+                self._it = interpreter_cls(model_content=model_content, num_threads=num_threads)
+                if input_shape is not None:
+                    self._it.resize_tensor_input(self._it.get_input_details()[0]["index"],
+                                                 [int(s) for s in input_shape], strict=False)
+                self._it.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             where = model_path if model_path is not None else "<model bytes>"
             raise ModelError(f"{where}: not a loadable TFLite model ({exc})") from exc

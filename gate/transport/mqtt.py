@@ -48,7 +48,7 @@ from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OV
 from gate.errors import GateError
 from gate.transport.broker import parse_broker_url
 from gate.transport.config import MqttConfig, TlsConfig, uses_tls
-from gate.transport.netutil import set_no_delay
+from gate.transport.netutil import UnreachableLog, set_no_delay
 from gate.transport.spool import Spool, SpoolEntry, SpoolError
 from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, default_client_id, new_id
 
@@ -158,6 +158,8 @@ class MqttTransport:
         self._client.on_publish = self._paho_publish
         self._client.on_message = self._paho_message
         self._client.on_subscribe = self._paho_subscribe
+        self._client.on_connect_fail = self._paho_connect_fail
+        self._unreachable = UnreachableLog(log, f"{host}:{port}")
 
         self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
@@ -336,7 +338,11 @@ class MqttTransport:
             log.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         set_no_delay(client.socket())
+        self._unreachable.reached()
         self._events.put(("connected", bool(flags.session_present)))
+
+    def _paho_connect_fail(self, client, userdata) -> None:
+        self._unreachable.failed(f"no connection ({len(self.spool)} segment(s) spooled)")
 
     def _paho_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()

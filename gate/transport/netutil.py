@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
+from collections.abc import Callable
 
 
 def set_no_delay(sock: socket.socket | None) -> None:
@@ -16,3 +19,30 @@ def set_no_delay(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass
+
+
+class UnreachableLog:
+    """Says once that a broker cannot be reached, then at most every ``every_s`` while paho retries,
+    and once more when it is reached again; shared by the node's and the cloud's MQTT clients.
+
+    The rate is in wall seconds: it paces a log about a network, not anything the audio clock measures."""
+
+    def __init__(self, log: logging.Logger, where: str, *, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log, self.where, self.every_s, self.clock = log, where, every_s, clock
+        self.failures = 0
+        self._last: float | None = None
+
+    def failed(self, reason: str = "connection refused or timed out") -> None:
+        self.failures += 1
+        now = self.clock()
+        if self._last is None or now - self._last >= self.every_s:
+            again = "" if self.failures == 1 else f" ({self.failures} attempts so far)"
+            self.log.warning("broker %s unreachable: %s; retrying%s", self.where, reason, again)
+            self._last = now
+
+    def reached(self) -> None:
+        if self.failures:
+            self.log.warning("broker %s reachable again after %d failed attempt(s)", self.where, self.failures)
+        self.failures = 0
+        self._last = None
