@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--jobs", type=number(lo=1, hi=64, integer=True), default=None,
                     help="replays run in parallel (default: 2 or the CPU count)")
     tu.add_argument("--quiet", action="store_true", help="no table on stdout")
+
+    from gate.wyoming.cli import add_parser as add_wyoming_parser
+
+    add_wyoming_parser(sub)
     return p
 
 
@@ -126,8 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
-    commands = {"config": _config, "replay": _replay, "report": _report, "tune": _tune, "run": _run}
+    commands = {"config": _config, "replay": _replay, "report": _report, "tune": _tune, "run": _run,
+                "wyoming": _wyoming}
     return boundary("gate-node", lambda: commands[args.command](args))
+
+
+def _wyoming(args: argparse.Namespace) -> int:
+    from gate.wyoming.cli import run
+
+    return run(args)
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -129,6 +129,8 @@ TABLE: list[tuple[str, str, tuple[str, ...]]] = [
     ("gate-node", "tune --scenario {scene} --out {out} --margin-db {x}", NUM_NONNEG),
     ("gate-node", "tune --scenario {scene} --out {out} --jobs {x}", NUM_COUNT),
     ("gate-node", "run --input {x} --no-realtime", IN_FILE),
+    ("gate-node", "wyoming --satellite-uri tcp://127.0.0.1:9 --input {x} --no-realtime", IN_FILE),
+    ("gate-node", "wyoming --satellite-uri tcp://127.0.0.1:9 --answer-wait {x}", NUM_NONNEG),
     ("gate-cloud", "train --recipe {x} --out {out}", IN_YAML),
     ("gate-cloud", "train --recipe {recipe} --out {x}", OUT_DIR),
     ("gate-cloud", "train --recipe {recipe} --out {out} --threads {x}", NUM_COUNT),
