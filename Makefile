@@ -7,7 +7,7 @@ PIP_STAMP := $(VENV)/.gate-installed
 SYS_STAMP := $(VENV)/.gate-debian
 export OMP_NUM_THREADS ?= 1
 # Everything the test suite and the demo exercise: node, cloud service, PostgreSQL store, training, HTML report.
-EXTRAS ?= dev,node,cloud,postgres,train,report
+EXTRAS ?= dev,node,cloud,postgres,train,report,wyoming
 
 .PHONY: setup sysdeps venv test bench demo loadtest train compare clean
 

@@ -1,0 +1,3 @@
+from gate.wyoming.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""`gate-node wyoming` over a real loopback socket, spoken to with wyoming's own AsyncTcpClient.
+
+The service runs as its own process (`python -m gate.wyoming --uri tcp://127.0.0.1:PORT`) with
+the shipped model, built-in thresholds and the analog gate in front, and is shared by the tests
+of this file; each test checks it is still serving. Satellite mode is checked against a real
+wyoming AsyncTcpServer in this process that records what it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+pytest.importorskip("wyoming")
+pytest.importorskip("ai_edge_litert")
+
+from node_helpers import feed  # noqa: E402
+from wyoming.audio import AudioChunk, AudioStart, AudioStop  # noqa: E402
+from wyoming.client import AsyncTcpClient  # noqa: E402
+from wyoming.error import Error  # noqa: E402
+from wyoming.event import Event, async_read_event, async_write_event  # noqa: E402
+from wyoming.info import Describe, Info  # noqa: E402
+from wyoming.ping import Ping  # noqa: E402
+from wyoming.server import AsyncEventHandler, AsyncServer  # noqa: E402
+
+from gate.cascade import Cascade  # noqa: E402
+from gate.config import GateSettings  # noqa: E402
+from gate.wyoming import client  # noqa: E402
+from sensors.wavfile import read_audio, write_audio  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data" / "kws"
+LABELS = json.loads((DATA / "labels.json").read_text())
+POSITIVES = sorted(n for n, lab in LABELS.items() if lab["wake"])
+NEGATIVES = sorted(n for n, lab in LABELS.items() if not lab["wake"])
+HOST = "127.0.0.1"
+CLIP = "pos_us3_cmd.flac"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATE_") and k != "JOURNAL_STREAM"}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+class Service:
+    def __init__(self, tmp: Path) -> None:
+        self.port = _free_port()
+        self.log_path = tmp / "service.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gate.wyoming", "--uri", f"tcp://{HOST}:{self.port}"],
+                                     cwd=ROOT, env=_env(), stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("the service did not start listening: " + self.log())
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def alive(self) -> bool:
+        if self.proc.poll() is not None:
+            return False
+        info = asyncio.run(client.describe(HOST, self.port))
+        return info.wake[0].models[0].name == "hey_jarvis"
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    svc = Service(tmp_path_factory.mktemp("wyoming"))
+    yield svc
+    assert svc.stop() == 0, svc.log()
+    assert "stopping" in svc.log()
+
+
+@pytest.fixture
+def live(service):
+    """The shared service; after the test it must still answer describe."""
+    yield service
+    assert service.alive(), service.log()
+
+
+def _pcm(name: str = CLIP) -> np.ndarray:
+    return read_audio(DATA / name)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def _stream(svc: Service, x: np.ndarray, **kw) -> client.StreamResult:
+    return _run(client.stream(HOST, svc.port, np.asarray(x, "<i2").tobytes(), **kw))
+
+
+# ----------------------------------------------------------------------------------------- describe
+
+
+def test_describe_announces_the_installed_wake_word(live):
+    info = _run(client.describe(HOST, live.port))
+    (program,) = info.wake
+    assert program.name == "gate" and program.installed
+    (model,) = program.models
+    assert (model.name, model.phrase, model.installed, model.languages) == ("hey_jarvis", "hey jarvis", True, ["en"])
+    assert "int8" in model.description
+
+
+# ----------------------------------------------------------------------------------------- detection
+
+
+@pytest.mark.parametrize("name", POSITIVES)
+def test_detects_the_wake_word_in_a_bundled_clip_at_its_audio_time(live, name):
+    r = _stream(live, _pcm(name), chunk_frames=1024, names=["hey_jarvis"])
+    assert [e.type for e in r.events] == ["detection", "pong"], r.events
+    (det,) = r.detections
+    end_ms = LABELS[name]["wake_end_s"] * 1000
+    assert det.name == "hey_jarvis"
+    assert end_ms - 400 <= det.timestamp <= end_ms + 1000, (name, det.timestamp, end_ms)
+
+
+def _noise(seconds: float, dbfs: float, seed: int = 3) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal(int(seconds * 16000))
+    return np.round(x * 32768 * 10 ** (dbfs / 20)).astype(np.int16)
+
+
+@pytest.mark.parametrize("what", ["silence", "noise", *NEGATIVES])
+def test_silence_noise_and_other_speech_are_not_detected(live, what):
+    x = {"silence": lambda: np.zeros(48000, np.int16), "noise": lambda: _noise(6.0, -30.0)}.get(what)
+    r = _stream(live, x() if x else _pcm(what), chunk_frames=1024)
+    assert [e.type for e in r.events] == ["not-detected", "pong"], r.events
+
+
+def test_chunk_size_rate_width_and_channels_give_the_same_detection(live):
+    x = _pcm()
+    ref = None
+    for frames in (37, 320, 4096, x.size):
+        (det,) = _stream(live, x, chunk_frames=frames).detections
+        ref = det.timestamp if ref is None else ref
+        assert det.timestamp == ref, frames  # same samples into the cascade: the same instant
+    up = np.clip(resample_poly(x.astype(np.float64), 3, 1), -32768, 32767).astype("<i2")
+    stereo = np.repeat(up[:, None], 2, axis=1)
+    (det48,) = _stream(live, stereo, rate=48000, channels=2, chunk_frames=960).detections
+    v = np.round(resample_poly(x / 32768.0, 441, 160) * (1 << 23)).astype(np.int32)
+    pcm24 = np.stack([v & 255, (v >> 8) & 255, (v >> 16) & 255], axis=1).astype(np.uint8).tobytes()
+    r24 = _run(client.stream(HOST, live.port, pcm24, rate=44100, width=3, chunk_frames=1000))
+    (det44,) = r24.detections
+    for other in (det48, det44):  # resampled audio: within one KWS stride (30 ms) of the 16 kHz stream
+        assert abs(other.timestamp - ref) <= 30, (other.timestamp, ref)
+
+
+# ----------------------------------------------------------------------------------------- robustness
+
+
+def test_a_client_that_leaves_mid_stream_does_not_disturb_the_others(live):
+    x = _pcm()
+
+    async def leave() -> None:
+        c = AsyncTcpClient(HOST, live.port)
+        await c.connect()
+        await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        for a in range(0, x.size // 2, 1024):
+            await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=x[a:a + 1024].tobytes()).event())
+        await c.disconnect()  # no audio-stop
+
+    _run(leave())
+    assert _stream(live, x).detections
+    deadline = time.monotonic() + 5
+    while "left mid-stream" not in live.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "left mid-stream after" in live.log()
+
+
+async def _raw_exchange(port: int, lines: list[bytes | Event]) -> list[Event]:
+    """Write each raw line or event, then a ping; every answer up to its pong."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        for item in lines:
+            if isinstance(item, Event):
+                await async_write_event(item, writer)
+            else:
+                writer.write(item)
+        await async_write_event(Ping(text="end").event(), writer)
+        await writer.drain()
+        out = []
+        while True:
+            event = await asyncio.wait_for(async_read_event(reader), 10)
+            assert event is not None, f"connection closed after {out}"
+            if event.type == "pong":
+                return out
+            out.append(event)
+    finally:
+        writer.close()
+
+
+def test_malformed_events_get_an_error_each_and_the_connection_stays_usable(live):
+    x = _pcm()
+    good_start = AudioStart(rate=16000, width=2, channels=1).event()
+    bad = [
+        (b"this is not json\n", "not JSON"),
+        (b"[1, 2, 3]\n", "not a Wyoming event"),
+        (b'{"data": {}}\n', "not a Wyoming event"),
+        (Event("audio-start", {"width": 2, "channels": 1}), "audio-start: no rate"),
+        (Event("audio-start", {"rate": 123457, "width": 2, "channels": 1}), "123457 Hz"),
+        (Event("audio-start", {"rate": 16000, "width": 5, "channels": 1}), "width 5"),
+        (Event("audio-start", {"rate": "fast", "width": 2, "channels": 1}), "rate 'fast' is not an integer"),
+        (Event("detect", {"names": ["alexa"]}), "no wake word named 'alexa'"),
+    ]
+    answers = _run(_raw_exchange(live.port, [item for item, _ in bad]))
+    assert [a.type for a in answers if a.type == "error"] == ["error"] * len(bad), answers
+    errors = [Error.from_event(a).text for a in answers if a.type == "error"]
+    for (_, needle), text in zip(bad, errors, strict=True):
+        assert needle in text, (needle, text)
+    # Audio out of order (a stop, then chunks without a start: one error for the stream, and its stop
+    # ends it with not-detected); then, on the same connection, a good describe and a good stream.
+    chunk = AudioChunk(rate=16000, width=2, channels=1, audio=x[:1024].tobytes()).event()
+    stream = [good_start, *(AudioChunk(rate=16000, width=2, channels=1, audio=x[a:a + 2048].tobytes()).event()
+                            for a in range(0, x.size, 2048)), AudioStop().event()]
+    answers = _run(_raw_exchange(live.port, [AudioStop().event(), chunk, chunk, AudioStop().event(),
+                                             Describe().event(), *stream]))
+    assert [a.type for a in answers] == ["error", "error", "not-detected", "info", "detection"], answers
+    assert "audio-stop before audio-start" in answers[0].data["text"]
+    assert "audio-chunk before audio-start" in answers[1].data["text"]
+    assert Info.from_event(answers[3]).wake[0].models[0].name == "hey_jarvis"
+    log = live.log()
+    assert "not JSON" in log and "Traceback" not in log
+
+
+def test_two_clients_at_once_each_get_their_own_answer_in_real_time(live):
+    pos, neg = _pcm(CLIP), _pcm("neg_travis.flac")
+
+    async def both():
+        return await asyncio.gather(client.stream(HOST, live.port, pos.tobytes(), chunk_frames=320, realtime=True),
+                                    client.stream(HOST, live.port, neg.tobytes(), chunk_frames=320, realtime=True))
+
+    t0 = time.perf_counter()
+    a, b = _run(both())
+    wall = time.perf_counter() - t0
+    assert [e.type for e in a.events] == ["detection", "pong"]
+    assert [e.type for e in b.events] == ["not-detected", "pong"]
+    assert wall < max(pos.size, neg.size) / 16000 + 1.0, wall  # side by side, not one after the other
+    # Added latency: from writing the chunk that completed the wake word to the detection event.
+    (lat,) = a.latencies_s()
+    assert 0 <= lat < 0.25, lat
+
+
+def test_a_second_service_on_a_taken_port_exits_2_with_one_line(live):
+    r = subprocess.run([sys.executable, "-m", "gate.wyoming", "--uri", f"tcp://{HOST}:{live.port}"], cwd=ROOT,
+                       env=_env(), capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in r.stderr.splitlines() if "XNNPACK" not in ln and " INFO " not in ln]
+    assert r.returncode == 2 and len(lines) == 1 and f"cannot listen on tcp://{HOST}:{live.port}" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--uri", "ftp://host:1"], "give tcp://HOST:PORT or unix://PATH"),
+    (["--uri", "tcp://host"], "A port must be specified"),
+    (["--uri", "tcp://a:1", "--satellite-uri", "tcp://b:2"], "not both"),
+    (["--input", str(DATA / CLIP)], "only apply with --satellite-uri"),
+    (["--satellite-uri", "tcp://nohost"], "give tcp://HOST:PORT"),
+    (["--satellite-uri", "tcp://b:2", "--no-realtime"], "--no-realtime needs --input"),
+])
+def test_bad_arguments_exit_2_with_one_line_naming_the_problem(argv, needle, capsys, monkeypatch):
+    from gate.wyoming.cli import main
+
+    monkeypatch.delenv("GATE_THRESHOLDS", raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+# ----------------------------------------------------------------------------------------- satellite
+
+
+class _Recorder(AsyncEventHandler):
+    """A Wyoming server's handler that keeps every event and answers an ASR request with a transcript."""
+
+    streams: list[list[Event]] = []
+
+    def __init__(self, reader, writer) -> None:
+        super().__init__(reader, writer)
+        self.events: list[Event] = []
+        _Recorder.streams.append(self.events)
+
+    async def handle_event(self, event: Event) -> bool:
+        self.events.append(event)
+        if AudioStop.is_type(event.type):
+            await self.write_event(Event("transcript", {"text": "turn on the lights"}))
+        return True
+
+
+@pytest.fixture
+def recorder():
+    port = _free_port()
+    loop = asyncio.new_event_loop()
+    server = AsyncServer.from_uri(f"tcp://{HOST}:{port}")
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start(_Recorder))
+        ready.set()
+        loop.run_forever()
+
+    _Recorder.streams = []
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    yield port, _Recorder.streams
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    t.join(10)
+
+
+@pytest.mark.parametrize("mode", ["transcribe", "run-pipeline"])
+def test_satellite_streams_the_segment_after_a_detection_to_a_wyoming_server(recorder, tmp_path, mode):
+    port, streams = recorder
+    bed = _noise(1.0, -62.0)
+    room = np.concatenate([bed, _pcm(CLIP), _noise(5.0, -62.0, seed=4)])
+    wav = write_audio(tmp_path / "room.wav", room)
+    r = subprocess.run([sys.executable, "-m", "gate.wyoming", "--satellite-uri", f"tcp://{HOST}:{port}",
+                        "--satellite-event", mode, "--input", str(wav), "--no-realtime", "--answer-wait", "5"],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(streams) == 1, (streams, r.stderr)
+    events = streams[0]
+    kinds = [e.type for e in events]
+    head = {"transcribe": ["transcribe"], "run-pipeline": ["detection", "run-pipeline"]}[mode]
+    assert kinds[:len(head) + 1] == [*head, "audio-start"] and kinds[-1] == "audio-stop", kinds
+    assert set(kinds[len(head) + 1:-1]) == {"audio-chunk"}
+    if mode == "run-pipeline":
+        assert events[0].data["name"] == "hey_jarvis"
+        assert (events[1].data["start_stage"], events[1].data["wake_word_name"]) == ("asr", "hey_jarvis")
+    start = AudioStart.from_event(events[len(head)])
+    assert (start.rate, start.width, start.channels) == (16000, 2, 1)
+    audio = np.frombuffer(b"".join(AudioChunk.from_event(e).audio for e in events if e.type == "audio-chunk"), "<i2")
+    # Exactly the segment the node's segmenter cuts from this room (what MQTT would carry).
+    cascade = Cascade.from_config(GateSettings())
+    (published,), _ = feed(cascade, room, 320)
+    np.testing.assert_array_equal(audio, published.segment.samples)
+    assert published.segment.t_start_s < 1.0 + LABELS[CLIP]["wake_end_s"] < published.segment.t_end_s
+    assert "segment" in r.stderr and "sent to" in r.stderr
+    if mode == "transcribe":
+        assert "transcript 'turn on the lights'" in r.stderr
+
+
+def test_satellite_logs_an_unreachable_server_and_still_exits_cleanly(tmp_path):
+    room = np.concatenate([_noise(1.0, -62.0), _pcm(CLIP), _noise(4.0, -62.0, seed=4)])
+    wav = write_audio(tmp_path / "room.wav", room)
+    r = subprocess.run([sys.executable, "-m", "gate.wyoming", "--satellite-uri", f"tcp://{HOST}:{_free_port()}",
+                        "--input", str(wav), "--no-realtime"], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "not delivered to" in r.stderr and "Traceback" not in r.stderr
+    assert "0 segment(s) sent, 1 failed" in r.stderr
