@@ -1,6 +1,6 @@
 """`gate-node wyoming` over a real loopback socket, spoken to with wyoming's own AsyncTcpClient.
 
-The service runs as its own process (`python -m gate.wyoming --uri tcp://127.0.0.1:PORT`) with
+The service runs as its own process (`gate-node wyoming --uri tcp://127.0.0.1:PORT`) with
 the shipped model, built-in thresholds and the analog gate in front, and is shared by the tests
 of this file; each test checks it is still serving. Satellite mode is checked against a real
 wyoming AsyncTcpServer in this process that records what it receives.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -41,6 +43,8 @@ from gate.wyoming import client  # noqa: E402
 from sensors.wavfile import read_audio, write_audio  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+GATE_NODE = Path(sys.executable).parent / "gate-node"
+UNIT = ROOT / "deploy/systemd/gate-wyoming.service"
 DATA = Path(__file__).parent / "data" / "kws"
 LABELS = json.loads((DATA / "labels.json").read_text())
 POSITIVES = sorted(n for n, lab in LABELS.items() if lab["wake"])
@@ -65,7 +69,9 @@ class Service:
         self.port = _free_port()
         self.log_path = tmp / "service.log"
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gate.wyoming", "--uri", f"tcp://{HOST}:{self.port}"],
+        # The console script when installed (the path users take), else the module.
+        cmd = [str(GATE_NODE), "wyoming"] if GATE_NODE.is_file() else [sys.executable, "-m", "gate.wyoming"]
+        self.proc = subprocess.Popen([*cmd, "--uri", f"tcp://{HOST}:{self.port}"],
                                      cwd=ROOT, env=_env(), stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -295,6 +301,22 @@ def test_bad_arguments_exit_2_with_one_line_naming_the_problem(argv, needle, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_the_systemd_unit_runs_a_real_gate_node_wyoming_command():
+    from gate.cli import build_parser
+
+    text = UNIT.read_text()
+    (line,) = re.findall(r"^ExecStart=(.+)$", text, flags=re.M)
+    argv = shlex.split(line)
+    assert argv[0] == "/opt/gate/venv/bin/gate-node"
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.uri, args.satellite_uri) == ("wyoming", "tcp://0.0.0.0:10400", None)
+    for setting in ("User=gate", "PrivateDevices=yes", "ProtectSystem=strict", "Restart=on-failure",
+                    "Environment=GATE_THRESHOLDS=/etc/gate/thresholds.yaml"):
+        assert f"\n{setting}\n" in text, setting
+    guide = (ROOT / "deploy/pi/GUIDE.md").read_text()
+    assert "gate-wyoming.service" in guide and "10400" in guide and "Wyoming Protocol" in guide
 
 
 # ----------------------------------------------------------------------------------------- satellite
