@@ -261,6 +261,55 @@ def test_malformed_events_get_an_error_each_and_the_connection_stays_usable(live
     assert "not JSON" in log and "Traceback" not in log
 
 
+def test_a_client_that_only_sends_garbage_is_closed_after_max_errors(live):
+    from gate.wyoming.server import MAX_PROTOCOL_ERRORS
+
+    async def flood() -> tuple[int, bool]:
+        reader, writer = await asyncio.open_connection(HOST, live.port)
+        writer.write(b"garbage\n" * (MAX_PROTOCOL_ERRORS + 5))
+        await writer.drain()
+        errors = 0
+        while (event := await asyncio.wait_for(async_read_event(reader), 10)) is not None:
+            errors += event.type == "error"
+        writer.close()
+        return errors, reader.at_eof()
+
+    assert _run(flood()) == (MAX_PROTOCOL_ERRORS, True)
+
+
+def test_pcm_conversion_does_not_depend_on_where_chunks_split_frames():
+    from gate.wyoming.audio import PcmConverter, check_format
+
+    x = _pcm()[:16000].astype(np.float64) / 32768.0
+    rng = np.random.default_rng(1)
+    for rate, width, channels in ((16000, 1, 1), (16000, 2, 1), (22050, 3, 2), (48000, 4, 2), (8000, 2, 6)):
+        y = resample_poly(x, rate // 50, 320) if rate != 16000 else x
+        full = 2 ** (8 * width - 1)
+        v = np.repeat(np.clip(np.round(y * full), -full, full - 1).astype(np.int64)[:, None], channels, axis=1)
+        if width == 1:
+            data = (v + 128).astype(np.uint8).tobytes()
+        elif width == 3:
+            data = np.stack([v & 255, (v >> 8) & 255, (v >> 16) & 255], axis=-1).astype(np.uint8).tobytes()
+        else:
+            data = v.astype(f"<i{width}").tobytes()
+        fmt = check_format(rate, width, channels)
+        whole = PcmConverter(fmt).convert(data)
+        conv, parts, a = PcmConverter(fmt), [], 0
+        while a < len(data):
+            n = int(rng.integers(1, 5000))
+            parts.append(conv.convert(data[a:a + n]))
+            a += n
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+        assert abs(whole.size - 16000) <= 1 and conv.pending_bytes == 0
+        # The same audio whatever the format: the level kept, the waveform the same up to the resampler's
+        # delay (a fraction of a sample, so compared by correlation) and an 8 kHz stream's missing band.
+        ref = _pcm()[:16000].astype(np.float64)
+        n = ref.size - 400
+        corr = max(np.corrcoef(whole[lag:lag + n].astype(np.float64), ref[:n])[0, 1] for lag in range(60))
+        level_db = 20 * np.log10(np.sqrt(np.mean(whole.astype(np.float64) ** 2)) / np.sqrt(np.mean(ref ** 2)))
+        assert corr > 0.98 and abs(level_db) < 0.5, (rate, width, channels, corr, level_db)
+
+
 def test_two_clients_at_once_each_get_their_own_answer_in_real_time(live):
     pos, neg = _pcm(CLIP), _pcm("neg_travis.flac")
 
@@ -323,7 +372,8 @@ def test_the_systemd_unit_runs_a_real_gate_node_wyoming_command():
 
 
 class _Recorder(AsyncEventHandler):
-    """A Wyoming server's handler that keeps every event and answers an ASR request with a transcript."""
+    """A Wyoming server's handler that keeps every event and answers with a transcript (and, for a
+    pipeline, the intent's outcome)."""
 
     streams: list[list[Event]] = []
 
@@ -336,6 +386,8 @@ class _Recorder(AsyncEventHandler):
         self.events.append(event)
         if AudioStop.is_type(event.type):
             await self.write_event(Event("transcript", {"text": "turn on the lights"}))
+            if any(e.type == "run-pipeline" for e in self.events):
+                await self.write_event(Event("handled", {"text": "Turned on the lights"}))
         return True
 
 
@@ -390,8 +442,9 @@ def test_satellite_streams_the_segment_after_a_detection_to_a_wyoming_server(rec
     np.testing.assert_array_equal(audio, published.segment.samples)
     assert published.segment.t_start_s < 1.0 + LABELS[CLIP]["wake_end_s"] < published.segment.t_end_s
     assert "segment" in r.stderr and "sent to" in r.stderr
-    if mode == "transcribe":
-        assert "transcript 'turn on the lights'" in r.stderr
+    assert "transcript 'turn on the lights'" in r.stderr
+    if mode == "run-pipeline":
+        assert "handled 'Turned on the lights'" in r.stderr
 
 
 def test_satellite_logs_an_unreachable_server_and_still_exits_cleanly(tmp_path):
