@@ -35,6 +35,7 @@ from gate.encoder import EncodedSegment, SegmentEncoder
 from gate.energy import (
     ADC,
     ANALOG_GATE,
+    CROSSBAR,
     ENCODER,
     FEATURES_KWS,
     SECOND_STAGE,
@@ -377,6 +378,8 @@ class Cascade:
         sr = self.sample_rate
         if d.ticks:
             self.ledger.charge(ANALOG_GATE, invocations=d.ticks)
+            if self.front.crossbar is not None:
+                self.ledger.charge(CROSSBAR, invocations=d.ticks)  # one crossbar inference per tick
         if d.adc_wakes or d.adc_on or d.adc_digitised:
             self.ledger.charge(ADC, invocations=d.adc_wakes, active_seconds=d.adc_on / sr,
                                nbytes=2 * d.adc_digitised)

@@ -27,6 +27,10 @@ ENCODER = "encoder"
 RADIO = "radio"
 CLOUD = "cloud"
 STAGES: tuple[str, ...] = (ANALOG_GATE, ADC, FEATURES_KWS, SECOND_STAGE, ENCODER, RADIO, CLOUD)
+# The PCM crossbar classifier of the analog front end (analog.decision.rule: crossbar): one invocation
+# per decision tick. An added stage, not in STAGES: only profiles of nodes that carry a crossbar price
+# it, and a run with it on a profile without it shows it as unpriced.
+CROSSBAR = "crossbar"
 
 # Priced from audio seconds by the model, so it can never be charged as a stage.
 HOST = "host"

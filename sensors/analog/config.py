@@ -29,16 +29,51 @@ class NonIdealConfig(Strict):
         3.0, ge=0.0, le=50.0, description="Peak residual carrier ripple on each envelope, % of the envelope")
 
 
+class CrossbarConfig(Strict):
+    """The phase-change-memory crossbar classifier (rule crossbar): its network, devices and periphery.
+
+    Device figures follow the PCM statistical model of Nandakumar et al. 2019 and Joshi et al. 2020
+    (sensors/analog/crossbar.py); the chip's draws come from the front end's ``nonideal.seed``.
+    """
+
+    model: str | None = Field(
+        None, description="Trained network (.npz from python -m sensors.analog.train_crossbar); null = the "
+                          "shipped gate/models/crossbar_gate.npz")
+    threshold: float | None = Field(
+        None, description="Level of the network's output (a logit) at which the wake comparator trips; "
+                          "null = the threshold on the model's card")
+    drift_s: float = Field(
+        3600.0, ge=0.0, le=3.2e8, description="Time since the crossbar was programmed when it is read, s "
+                                              "(conductances drift as (t/t0)^-nu)")
+    drift_compensation: bool = Field(
+        True, description="Rescale each layer's output by a reference-column read, as in Joshi et al. 2020")
+    g_max_us: float = Field(25.0, gt=0.0, le=1000.0, description="Largest programmable conductance, uS")
+    levels: int = Field(
+        0, ge=0, le=4096, description="Programming target levels per device across 0..g_max (0 = continuous)")
+    dac_bits: int = Field(8, ge=0, le=16, description="Input DAC resolution, bits (0 = ideal)")
+    adc_bits: int = Field(8, ge=0, le=16, description="Column ADC resolution, bits (0 = ideal)")
+    prog_noise_scale: float = Field(
+        1.0, ge=0.0, le=10.0, description="Multiplier of the programming-noise sigma (0 = exact programming)")
+    read_noise_scale: float = Field(1.0, ge=0.0, le=10.0, description="Multiplier of the 1/f read noise (0 = none)")
+    drift_scale: float = Field(1.0, ge=0.0, le=10.0, description="Multiplier of the drift exponents (0 = no drift)")
+    ir_drop: float = Field(
+        0.0, ge=0.0, le=0.5, description="Share of the signal lost by the device farthest from driver and "
+                                         "sense amplifier through wire resistance (0 = ideal wires)")
+
+
 class DecisionConfig(Strict):
     """How the channel comparators are combined into one wake decision."""
 
-    rule: Literal["k_of_n", "weighted"] = Field(
+    rule: Literal["k_of_n", "weighted", "crossbar"] = Field(
         "k_of_n", description="k_of_n: open when at least k channels are above floor+margin; "
-                              "weighted: open when the weighted sum of comparator outputs reaches threshold")
+                              "weighted: open when the weighted sum of comparator outputs reaches threshold; "
+                              "crossbar: open when a small network on a simulated PCM crossbar, fed the "
+                              "envelopes above floor and their recent history, calls the sound keyword-like")
     k: int = Field(3, ge=1, le=64, description="Channels that must be above floor+margin (rule k_of_n)")
     weights: list[float] | None = Field(
         None, description="One weight per channel (rule weighted); null means all 1.0")
     threshold: float = Field(3.0, gt=0.0, description="Weighted-sum level that opens the gate (rule weighted)")
+    crossbar: CrossbarConfig = Field(default_factory=CrossbarConfig)
 
 
 class AnalogConfig(Strict):

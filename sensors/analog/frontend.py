@@ -20,6 +20,7 @@ import numpy as np
 from gate.errors import ConfigError
 from sensors.analog.board import TickNoise, draw_mismatch
 from sensors.analog.config import AnalogConfig
+from sensors.analog.crossbar_decision import CrossbarDecision
 from sensors.analog.detect import FloorTracker, OnePole, rc_coefficient, to_dbfs
 from sensors.analog.events import GateEvent, edges
 from sensors.analog.filterbank import FilterBank, nominal_centres
@@ -43,11 +44,13 @@ class AnalogBlock:
     open: np.ndarray               # (n_ticks,) bool, gate state after debounce and hangover
     events: tuple[GateEvent, ...]
     first_tick: int = 0
+    score: np.ndarray | None = None  # (n_ticks,) crossbar output level (rule crossbar only)
 
     def __post_init__(self) -> None:
         # The block is a value handed to other stages: freeze its arrays (we own them, no copy).
-        for name in ("envelopes_db", "floor_db", "above", "open"):
-            getattr(self, name).flags.writeable = False
+        for name in ("envelopes_db", "floor_db", "above", "open", "score"):
+            if getattr(self, name) is not None:
+                getattr(self, name).flags.writeable = False
 
     @property
     def n_ticks(self) -> int:
@@ -68,7 +71,8 @@ class AnalogBlock:
             floor_db=np.concatenate([b.floor_db for b in blocks]),
             above=np.concatenate([b.above for b in blocks]),
             open=np.concatenate([b.open for b in blocks]),
-            events=tuple(ev for b in blocks for ev in b.events))
+            events=tuple(ev for b in blocks for ev in b.events),
+            score=None if head.score is None else np.concatenate([b.score for b in blocks]))
 
 
 def tick_times(first_tick: int, n: int, tick_s: float) -> np.ndarray:
@@ -103,6 +107,8 @@ class AnalogFrontEnd:
         self._gate = DebouncedGate(min_open_ticks=ticks_for(config.min_open_s, self.tick_s),
                                    hangover_ticks=ticks_for(config.hangover_s, self.tick_s))
         self._noise = TickNoise(config.nonideal, n)
+        self.crossbar = (CrossbarDecision.from_config(config, self.tick_s) if config.decision.rule == "crossbar"
+                         else None)
         self.ticks_processed = 0
         self._samples_seen = 0
 
@@ -127,6 +133,8 @@ class AnalogFrontEnd:
         """Back to power-up: same board (mismatch), noise streams restarted, clock at zero."""
         for part in (self._bank, self._envelope, self._floor, self._comparators, self._gate, self._noise):
             part.reset()
+        if self.crossbar is not None:
+            self.crossbar.reset()
         self.ticks_processed = 0
         self._samples_seen = 0
 
@@ -152,12 +160,17 @@ class AnalogFrontEnd:
         floor = self._floor(env_db)
         drive = (env_db - floor) + self.offsets_db + self._noise.comparator_db(n)
         above = self._comparators(drive)
+        score = None
+        if self.crossbar is not None:
+            decision, score = self.crossbar(env_db - floor)
+        else:
+            decision = decide(above, self.config.decision)
         was_open = self._gate.is_open
-        gate = self._gate(decide(above, self.config.decision), first)
+        gate = self._gate(decision, first)
         times = tick_times(first, n, self.tick_s)
         return AnalogBlock(t0_s=float(times[0]), tick_s=self.tick_s, first_tick=first, envelopes_db=env_db,
                            floor_db=floor.astype(np.float32), above=above, open=gate,
-                           events=edges(gate, was_open, times))
+                           events=edges(gate, was_open, times), score=score)
 
     def process_all(self, samples: np.ndarray, *, chunk_samples: int | None = None) -> AnalogBlock:
         """Process a whole signal (in chunks of ``chunk_samples`` if given) as one block."""
@@ -172,7 +185,8 @@ class AnalogFrontEnd:
         n = self.n_channels
         return AnalogBlock(t0_s=float(tick_times(first, 1, self.tick_s)[0]), tick_s=self.tick_s, first_tick=first,
                            envelopes_db=np.zeros((0, n), np.float32), floor_db=np.zeros((0, n), np.float32),
-                           above=np.zeros((0, n), bool), open=np.zeros(0, bool), events=())
+                           above=np.zeros((0, n), bool), open=np.zeros(0, bool), events=(),
+                           score=None if self.crossbar is None else np.zeros(0, np.float32))
 
 
 def run_file(path: str | os.PathLike, *, config: AnalogConfig | None = None,
