@@ -67,10 +67,10 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-say "installing gate[node] from $src"
-if ! "$venv/bin/python" -m pip install -q --upgrade "${src}[node]"; then
+say "installing gate[node,wyoming] from $src"
+if ! "$venv/bin/python" -m pip install -q --upgrade "${src}[node,wyoming]"; then
     say "gate[node] (ai-edge-litert) failed on $(uname -m); trying tflite-runtime"
-    "$venv/bin/python" -m pip install -q --upgrade "${src}[node-tflite]" "numpy<2"
+    "$venv/bin/python" -m pip install -q --upgrade "${src}[node-tflite,wyoming]" "numpy<2"
 fi
 # The on-node second stage (kws.second_stage) reads the speech-embedding graphs from this wheel; without
 # its dependencies (tflite-runtime would break numpy 2).
@@ -129,7 +129,9 @@ if [ -n "${GATE_GOVERNOR:-}" ] || [ ! -e "$etc/governor.env" ]; then
 fi
 
 # --- systemd units.
-install -m 0644 "$deploy/systemd/gate-node.service" "$deploy/systemd/gate-governor.service" /etc/systemd/system/
+# gate-wyoming.service (Home Assistant) is installed but not enabled: GUIDE.md section 6.
+install -m 0644 "$deploy/systemd/gate-node.service" "$deploy/systemd/gate-governor.service" \
+    "$deploy/systemd/gate-wyoming.service" /etc/systemd/system/
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     systemctl enable gate-governor.service gate-node.service
