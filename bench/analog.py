@@ -1,6 +1,6 @@
 """Benchmark of the simulated analog front end: audio seconds processed per wall second.
 
-    .venv/bin/python bench/analog.py             # speed, JSON
+    .venv/bin/python bench/analog.py             # speed (comparator and crossbar decisions), JSON
     .venv/bin/python bench/analog.py --quality   # plus coverage and duty-cycle figures (needs espeak-ng)
 
 The input is ~60 s of pink noise with speech-like bursts (harmonic, formant-shaped, syllable-rate
@@ -30,6 +30,7 @@ from sensors.analog import AnalogConfig, AnalogFrontEnd, open_intervals  # noqa:
 from sensors.analog import testbench as sc  # noqa: E402
 
 TARGET_X_REALTIME = 2000
+TARGET_CROSSBAR_X_REALTIME = 1000  # the whole front end with the crossbar decision (rule crossbar)
 SECONDS = 60.0
 REPEATS = 10  # best-of: the machine is shared, and the least disturbed run is the honest figure
 CHUNKS_S = {"whole": None, "chunk_1s": 1.0, "chunk_100ms": 0.1}
@@ -88,6 +89,11 @@ def run() -> dict:
     speeds = {name: x_realtime(fe, x, chunk_s) for name, chunk_s in CHUNKS_S.items()}
     fe.reset()
     block = fe.process(x)
+    xfe = AnalogFrontEnd(config=AnalogConfig(decision={"rule": "crossbar"}))
+    xfe.process(x[:16000])
+    xspeeds = {name: x_realtime(xfe, x, chunk_s) for name, chunk_s in CHUNKS_S.items()}
+    xfe.reset()
+    xblock = xfe.process(x)
     return {
         "analog_x_realtime": round(speeds["whole"][0], 1),
         "analog_x_realtime_target": TARGET_X_REALTIME,
@@ -99,6 +105,13 @@ def run() -> dict:
         "channels": fe.n_channels,
         "gate_duty_cycle": round(float(block.open.mean()), 4),
         "gate_openings": sum(e.kind == "open" for e in block.events),
+        "analog_crossbar_x_realtime": round(xspeeds["whole"][0], 1),
+        "analog_crossbar_x_realtime_target": TARGET_CROSSBAR_X_REALTIME,
+        "analog_crossbar_x_realtime_cpu": round(xspeeds["whole"][1], 1),
+        "analog_crossbar_x_realtime_chunk_1s": round(xspeeds["chunk_1s"][0], 1),
+        "analog_crossbar_x_realtime_chunk_100ms": round(xspeeds["chunk_100ms"][0], 1),
+        "crossbar_macs_per_tick": xfe.crossbar.net.macs_per_tick,
+        "crossbar_gate_duty_cycle": round(float(xblock.open.mean()), 4),
     }
 
 

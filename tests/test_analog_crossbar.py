@@ -239,3 +239,16 @@ def test_shipped_network_and_card():
     assert isinstance(fe.crossbar, CrossbarDecision)
     # Silence never looks keyword-like.
     assert not fe.process(np.zeros(32000, np.float32)).open.any()
+
+
+def test_crossbar_profile_prices_the_crossbar_stage_with_sources():
+    from gate.energy import CROSSBAR, EnergyModel, LedgerSnapshot, StageCounts, load_profile
+
+    p = load_profile("mcu-crossbar")
+    for sec in [p.host, p.cloud, *p.stages.values()]:
+        figures = {k: v for k, v in sec.model_dump().items() if k != "source"}
+        if any(v not in (0, 0.0) for k, v in figures.items() if not (k == "pue" and v == 1.0)):
+            assert sec.source.strip()
+    hour = LedgerSnapshot(audio_seconds=3600.0, stages={CROSSBAR: StageCounts(invocations=360_000)})
+    assert EnergyModel(profile=p).price(hour).stage_j[CROSSBAR] == pytest.approx(360_000 * 84.6e-9)
+    assert CROSSBAR in EnergyModel.from_profile("mcu-analog").price(hour).unpriced

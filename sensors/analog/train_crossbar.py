@@ -52,6 +52,8 @@ CONFUSABLE_WEIGHT = 0.3
 NEG_STRIDE = 3                         # keep every third negative tick (neighbours are nearly equal)
 PASS_OPEN_BY_S = 1.0                   # a wake word passes if the gate opens by start + this (the pre-roll)
 PASS_OPEN_AT_END_S = 0.1               # ... and is open at end + this (where the spotter fires)
+MIN_OPEN_S = 0.1                       # debounce the card recommends (analog.min_open_s): the output flickers
+ANALOG_PREROLL_S = 1.0                 # pre-roll the card recommends (segmenter.analog_preroll_s)
 
 
 def scene_dir(cache: Path, kind: str, recipe: str, seed: int) -> Path:
@@ -72,24 +74,26 @@ def render_scene(recipe_name: str, seed: int, out: Path, duration_s: float = SCE
     return out
 
 
-def scene_levels(directory: Path, board_seed: int, cache: Path | None = None) -> tuple[np.ndarray, list]:
-    """(levels above floor per tick (n, channels) float32, labels) of a rendered scene."""
+def scene_levels(directory: Path, board_seed: int, cache: Path | None = None) -> tuple[np.ndarray, list, np.ndarray]:
+    """(levels above floor per tick (n, channels) float32, labels, the comparator gate per tick) of a scene."""
     from gate.replay import scenario_inputs
     from sensors.wavfile import AudioFileSource
 
     audio, labels = scenario_inputs(directory)
-    cached = None if cache is None else cache / f"levels_{directory.name}_board{board_seed}.npy"
+    cached = None if cache is None else cache / f"levels_{directory.name}_board{board_seed}.npz"
     if cached is not None and cached.is_file():
-        return np.load(cached), labels
+        with np.load(cached) as z:
+            return z["rel"], labels, z["comparator"]
     fe = AnalogFrontEnd(config=AnalogConfig(nonideal={"seed": board_seed}))
-    rows = []
+    rows, gates = [], []
     for block in AudioFileSource(audio, read_block=1 << 18).blocks():
         b = fe.process(block)
         rows.append((b.envelopes_db - b.floor_db).astype(np.float32))
-    rel = np.concatenate(rows)
+        gates.append(b.open)
+    rel, comparator = np.concatenate(rows), np.concatenate(gates)
     if cached is not None:
-        np.save(cached, rel)
-    return rel, labels
+        np.savez(cached, rel=rel, comparator=comparator)
+    return rel, labels, comparator
 
 
 def tick_labels(labels: list, n_ticks: int, tick_s: float) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +121,7 @@ def feature_spec(n_channels: int, tick_ms: float) -> CrossbarNet:
 def build_dataset(scenes: list[tuple[np.ndarray, list]], spec: CrossbarNet, tick_s: float,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     xs, ys, ws = [], [], []
-    for rel, labels in scenes:
+    for rel, labels, _ in scenes:
         y, w = tick_labels(labels, rel.shape[0], tick_s)
         keep = (y > 0) | ((w > 0) & (np.arange(y.size) % NEG_STRIDE == rng.integers(NEG_STRIDE)))
         x = delay_rows(spec, rel, tick_s)[keep].astype(np.float32)
@@ -192,10 +196,9 @@ def adc_ranges(x: np.ndarray, layers: list[list[np.ndarray]], pct: float = 99.9)
     return out
 
 
-def gate_of(decision: np.ndarray, tick_s: float, config: AnalogConfig | None = None) -> np.ndarray:
-    cfg = config or AnalogConfig()
-    gate = DebouncedGate(min_open_ticks=ticks_for(cfg.min_open_s, tick_s),
-                         hangover_ticks=ticks_for(cfg.hangover_s, tick_s))
+def gate_of(decision: np.ndarray, tick_s: float, min_open_s: float = MIN_OPEN_S) -> np.ndarray:
+    gate = DebouncedGate(min_open_ticks=ticks_for(min_open_s, tick_s),
+                         hangover_ticks=ticks_for(AnalogConfig().hangover_s, tick_s))
     return gate(decision, 0)
 
 
@@ -218,10 +221,19 @@ def scores_on(net: CrossbarNet, rel: np.ndarray, tick_s: float, *, seed: int,
     return np.concatenate([dec(rel[i:i + 4096])[1] for i in range(0, rel.shape[0], 4096)])
 
 
-def pick_threshold(net: CrossbarNet, scenes: list[tuple[np.ndarray, list]], tick_s: float, *,
+def comparator_recall(scenes: list[tuple[np.ndarray, list, np.ndarray]], tick_s: float) -> float:
+    """Share of the scenes' wake words the comparator gate passes (same criterion as the crossbar's)."""
+    ok = tot = 0
+    for _, labels, gate in scenes:
+        a, b = passed_wake_words(gate, labels, tick_s)
+        ok, tot = ok + a, tot + b
+    return ok / max(tot, 1)
+
+
+def pick_threshold(net: CrossbarNet, scenes: list[tuple[np.ndarray, list, np.ndarray]], tick_s: float, *,
                    recall: float, chip_seeds: range) -> tuple[float, dict]:
     """Highest threshold at which the gate passes ``recall`` of the wake words over all chips and scenes."""
-    runs = [(scores_on(net, rel, tick_s, seed=s), labels) for s in chip_seeds for rel, labels in scenes]
+    runs = [(scores_on(net, rel, tick_s, seed=s), labels) for s in chip_seeds for rel, labels, _ in scenes]
     grid = np.linspace(-6.0, 6.0, 121)
     best = float(grid[0])
     table = {}
@@ -245,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, required=True, help="scene renders and front-end levels (not the repo)")
     ap.add_argument("--hidden", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--recall", type=float, default=0.99, help="training wake words the gate must pass")
+    ap.add_argument("--recall", type=float, default=None,
+                    help="training wake words the gate must pass (default: as many as the comparator gate passes)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -265,9 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     net = CrossbarNet(taps=spec.taps, smooth_ms=spec.smooth_ms, full_scale_db=spec.full_scale_db,
                       tick_ms=spec.tick_ms, n_channels=spec.n_channels, threshold=0.0,
                       layers=tuple((lw, lb, r) for (lw, lb), r in zip(layers, ranges, strict=True)))
-    threshold, at = pick_threshold(net, scenes, tick_s, recall=args.recall, chip_seeds=range(3))
+    target = comparator_recall(scenes, tick_s) if args.recall is None else args.recall
+    threshold, at = pick_threshold(net, scenes, tick_s, recall=target, chip_seeds=range(3))
     meta = {"train_scenes": [f"{r} seed {s}, {SCENE_S:g} s" for r, s in TRAIN_SCENES], "engines": ENGINES,
-            "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed, "recall_target": args.recall,
+            "hidden": args.hidden, "epochs": args.epochs, "seed": args.seed, "recall_target": round(target, 4),
+            "recommended": {"analog.min_open_s": MIN_OPEN_S, "segmenter.analog_preroll_s": ANALOG_PREROLL_S},
             "train_recall": round(at["recall"], 4), "train_duty": round(at["duty"], 4)}
     net = CrossbarNet(taps=net.taps, smooth_ms=net.smooth_ms, full_scale_db=net.full_scale_db, tick_ms=net.tick_ms,
                       n_channels=net.n_channels, threshold=threshold, layers=net.layers, meta=meta)
