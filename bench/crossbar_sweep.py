@@ -1,6 +1,6 @@
 """Drift and chip-to-chip sweep of the crossbar wake decision on the evaluation scenes.
 
-    .venv/bin/python bench/crossbar_sweep.py --cache-dir /work/cache/crossbar --out crossbar_sweep.json
+    .venv/bin/python bench/crossbar_sweep.py --cache-dir out/cache/crossbar --out crossbar_sweep.json
 
 The evaluation scenes (office babble, noisy kitchen, quiet home; training TTS engines, the recipes'
 own seeds, 30 min each) are rendered into the cache if missing. For each read time after

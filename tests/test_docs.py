@@ -30,6 +30,7 @@ PROCESS_PHRASES = [
     re.escape("other engineers"),
     re.escape("/work/runs"),
     re.escape("/work/main"),
+    re.escape("/work/cache"),
 ]
 PATTERN = re.compile("|".join(f"(?:{p})" for p in PROCESS_PHRASES), re.IGNORECASE)
 SKIP_DIRS = (".github/", ".ci/")

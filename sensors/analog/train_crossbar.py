@@ -1,6 +1,6 @@
 """Train the crossbar wake classifier and write its network (.npz) and card (.json).
 
-    python -m sensors.analog.train_crossbar --out gate/models/crossbar_gate.npz --cache-dir /work/cache/crossbar
+    python -m sensors.analog.train_crossbar --out gate/models/crossbar_gate.npz --cache-dir out/cache/crossbar
 
 1. Scenes: the three evaluation recipes (office babble, noisy kitchen, quiet home) rendered with the
    training TTS engines only (espeak-ng, pico, RHVoice) at seeds no evaluation uses, cached.
