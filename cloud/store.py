@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,6 +154,23 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def _retry_locked(step, timeout_s: float) -> None:
+    """Run ``step``, retrying while the database is locked. Switching a new file to WAL needs an
+    exclusive lock and SQLite can answer SQLITE_BUSY at once, without its busy handler, when two
+    workers open the same new file together."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 class SQLiteStore:
     """One connection per store; several worker processes may share the file (WAL, busy timeout).
 
@@ -167,7 +185,7 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
                                        check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"), busy_timeout_s)
             self._db.execute("PRAGMA synchronous=FULL")
             # IMMEDIATE: workers starting together create the schema one after the other.
             self._db.executescript("BEGIN IMMEDIATE;" + _SQLITE_SCHEMA +
