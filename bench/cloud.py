@@ -27,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SEGMENT_S = 2.5  # 0.5 s pre-roll + wake phrase + command window
+from gate.segmenter import SegmenterConfig  # noqa: E402
+
+SEGMENT_S = SegmenterConfig().segment_s
+
 BURST = 150
 PACED = 60
 PACE_HZ = 5.0
@@ -44,7 +47,7 @@ def _audio(tmp: Path) -> tuple[np.ndarray, float]:
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    n = int(SEGMENT_S * 16_000)
+    n = int(SEGMENT_S * 16_000)  # what a node sends by default: pre-roll, wake phrase, command window
     base = np.zeros(n, np.float32)
     detect_s = 1.2
     if shutil.which("espeak-ng"):

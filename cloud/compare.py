@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.train import metrics
+from gate import metrics
 from cloud.train.scenes import Scene
 from gate.errors import GateError
 from gate.kws.config import KwsConfig
@@ -382,7 +382,7 @@ def microwakeword_run(ctx: Context) -> Run:
 # --- scoring ----------------------------------------------------------------------------------------
 
 def _score(ctx: Context, times: list[list[float]]) -> metrics.Score:
-    return metrics.combine([metrics.score(t, s.keywords, s.hours) for t, s in zip(times, ctx.scenes, strict=True)])
+    return metrics.combine([metrics.span_score(t, s.keywords, s.hours) for t, s in zip(times, ctx.scenes, strict=True)])
 
 
 def curve(run: Run, ctx: Context) -> list[dict]:

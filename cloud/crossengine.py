@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cloud.train import augment, metrics
+from cloud.train import augment
+from gate import metrics
 from cloud.train.corpus import Render, random_sentence
 from cloud.train.scenes import Scene
 from gate.errors import GateError
@@ -353,7 +354,7 @@ def breakdown(scenes: Sequence[Scene], detections: Sequence[Sequence[float]]) ->
         if len(s.keyword_snr_db) != len(s.keywords):
             raise ValueError(f"scene {s.name}: {len(s.keyword_snr_db)} SNRs for {len(s.keywords)} wake phrases")
         voices.append(metrics.by_voice(times, s.keywords, s.keyword_voices))
-        m = metrics.match(times, s.keywords)
+        m = metrics.span_assign(times, s.keywords)
         hit = np.zeros(len(s.keywords), bool)
         hit[m[m >= 0]] = True
         for snr, h in zip(s.keyword_snr_db, hit, strict=True):

@@ -9,6 +9,12 @@ not need. Each wake word is hit at most once; further detections inside a wake w
 
 False accepts per hour are counted over the audio outside the wake words' windows, the time in
 which a false accept was possible at all (openWakeWord and the Picovoice benchmark do the same).
+
+This is the project's one detection metric: replay reports, ``gate-node tune``, the training
+pipeline's model cards, ``make compare`` and the cross-engine set all score with it. The window is
+generous on the late side because the node's detector fires after the phrase (smoothing and
+``min_consecutive`` add delay) and the segment it forwards still holds the whole phrase; duplicates
+are not false accepts because the segmenter folds them into the segment already being collected.
 """
 
 from __future__ import annotations
@@ -54,6 +60,29 @@ def wake_windows(labels: Iterable, *, early_s: float = EARLY_S, late_s: float = 
     return [Window(a, b, early_s, late_s) for a, b in sorted(wakes)]
 
 
+FALSE_ACCEPT = -1  # ``assign``'s answer for a detection outside every wake word's window
+DUPLICATE = -2  # ... and for one inside a window another detection already hit
+
+
+def assign(times_s: Sequence[float], windows: Sequence[Window]) -> np.ndarray:
+    """For each detection (in the order given), the index of the wake-word window it hits,
+    ``FALSE_ACCEPT`` or ``DUPLICATE``. Detections are matched in time order; each window is hit at
+    most once, by the first detection inside it, and an overlap goes to the earlier free window."""
+    times = np.asarray(times_s, np.float64).reshape(-1)
+    out = np.full(times.size, FALSE_ACCEPT, np.int64)
+    used: set[int] = set()
+    for k in np.argsort(times, kind="stable"):
+        t = times[k]
+        inside = [i for i, w in enumerate(windows) if w.lo <= t <= w.hi]
+        free = [i for i in inside if i not in used]
+        if free:
+            used.add(free[0])
+            out[k] = free[0]
+        elif inside:
+            out[k] = DUPLICATE
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     hits: tuple[tuple[int, float], ...]  # (window index, detection time)
@@ -63,21 +92,11 @@ class Match:
 
 def match(times_s: Iterable[float], windows: Sequence[Window]) -> Match:
     """Assign detections (in time order) to wake-word windows; each window is hit at most once."""
-    hits: list[tuple[int, float]] = []
-    fas: list[float] = []
-    dups: list[float] = []
-    used: set[int] = set()
-    for t in sorted(times_s):
-        inside = [i for i, w in enumerate(windows) if w.lo <= t <= w.hi]
-        free = [i for i in inside if i not in used]
-        if free:
-            used.add(free[0])
-            hits.append((free[0], t))
-        elif inside:
-            dups.append(t)
-        else:
-            fas.append(t)
-    return Match(tuple(hits), tuple(fas), tuple(dups))
+    times = sorted(times_s)
+    a = assign(times, windows)
+    return Match(tuple((int(j), t) for t, j in zip(times, a, strict=True) if j >= 0),
+                 tuple(t for t, j in zip(times, a, strict=True) if j == FALSE_ACCEPT),
+                 tuple(t for t, j in zip(times, a, strict=True) if j == DUPLICATE))
 
 
 def non_wake_seconds(windows: Sequence[Window], audio_s: float) -> float:
@@ -91,31 +110,64 @@ def non_wake_seconds(windows: Sequence[Window], audio_s: float) -> float:
     return max(0.0, audio_s - covered)
 
 
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One stream's (or several streams') counts under the rule above."""
+
+    keywords: int
+    hits: int
+    false_accepts: int
+    duplicates: int
+    non_wake_hours: float
+
+    @property
+    def miss_rate(self) -> float:
+        return 1.0 - self.hits / self.keywords if self.keywords else 0.0
+
+    @property
+    def fa_per_hour(self) -> float:
+        return self.false_accepts / self.non_wake_hours if self.non_wake_hours > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {"keywords": self.keywords, "hits": self.hits, "false_accepts": self.false_accepts,
+                "duplicates": self.duplicates, "non_wake_hours": round(self.non_wake_hours, 4),
+                "miss_rate": round(self.miss_rate, 4), "fa_per_hour": round(self.fa_per_hour, 3)}
+
+
+def stream_score(times_s: Sequence[float], windows: Sequence[Window], audio_s: float) -> Score:
+    """Score detection times on one stream of ``audio_s`` seconds with these wake-word windows."""
+    a = assign(times_s, windows)
+    return Score(keywords=len(windows), hits=int(np.sum(a >= 0)), false_accepts=int(np.sum(a == FALSE_ACCEPT)),
+                 duplicates=int(np.sum(a == DUPLICATE)), non_wake_hours=non_wake_seconds(windows, audio_s) / 3600.0)
+
+
+def combine(scores: Iterable[Score]) -> Score:
+    scores = list(scores)
+    return Score(sum(s.keywords for s in scores), sum(s.hits for s in scores), sum(s.false_accepts for s in scores),
+                 sum(s.duplicates for s in scores), sum(s.non_wake_hours for s in scores))
+
+
 def score(detections: Mapping[str, Iterable[float]], streams: Mapping[str, tuple[Sequence[Window], float]]) -> dict:
     """Metrics over several streams. ``detections``: path -> detection times; ``streams``: path ->
     (wake windows, audio seconds). Detections on a path without labels are ignored."""
-    keywords = hits = fas = dups = 0
-    non_wake_s = 0.0
+    parts: list[Score] = []
     latencies: list[float] = []
     for path, (windows, audio_s) in streams.items():
-        m = match(detections.get(path, ()), windows)
-        keywords += len(windows)
-        hits += len(m.hits)
-        fas += len(m.false_accepts)
-        dups += len(m.duplicates)
-        non_wake_s += non_wake_seconds(windows, audio_s)
-        latencies.extend(t - windows[i].end_s for i, t in m.hits)
-    hours = non_wake_s / 3600.0
+        times = sorted(detections.get(path, ()))
+        parts.append(stream_score(times, windows, audio_s))
+        latencies.extend(t - windows[j].end_s for t, j in zip(times, assign(times, windows), strict=True) if j >= 0)
+    total = combine(parts)
     lat = np.asarray(latencies, np.float64)
+    hours = total.non_wake_hours
     return {
-        "keywords": keywords,
-        "true_accepts": hits,
-        "misses": keywords - hits,
-        "miss_rate": (keywords - hits) / keywords if keywords else None,
-        "false_accepts": fas,
-        "duplicates": dups,
+        "keywords": total.keywords,
+        "true_accepts": total.hits,
+        "misses": total.keywords - total.hits,
+        "miss_rate": total.miss_rate if total.keywords else None,
+        "false_accepts": total.false_accepts,
+        "duplicates": total.duplicates,
         "non_wake_hours": hours,
-        "fa_per_hour": fas / hours if hours else None,
+        "fa_per_hour": total.false_accepts / hours if hours else None,
         "latency_s": {
             "mean": float(lat.mean()) if lat.size else None,
             "median": float(np.median(lat)) if lat.size else None,
@@ -123,6 +175,72 @@ def score(detections: Mapping[str, Iterable[float]], streams: Mapping[str, tuple
             "max": float(lat.max()) if lat.size else None,
         },
     }
+
+
+# ----------------------------------------------------------------------------- labelled spans
+# Scenes built in memory (training, cloud.compare, the cross-engine set) label their wake words as
+# (start_s, end_s) spans; they are scored with the same windows and the same rule.
+
+
+def span_windows(spans: Iterable[tuple[float, float]]) -> list[Window]:
+    return [Window(float(a), float(b)) for a, b in spans]
+
+
+def span_score(times_s: Sequence[float], spans: Sequence[tuple[float, float]], audio_hours: float) -> Score:
+    """``stream_score`` for a scene of ``audio_hours`` whose wake words are ``spans``."""
+    return stream_score(times_s, span_windows(spans), audio_hours * 3600.0)
+
+
+def span_assign(times_s: Sequence[float], spans: Sequence[tuple[float, float]]) -> np.ndarray:
+    return assign(times_s, span_windows(spans))
+
+
+def false_accept_times(times_s: Sequence[float], spans: Sequence[tuple[float, float]]) -> list[float]:
+    """The detections that are false accepts (duplicates on a hit wake word are not)."""
+    return [t for t, j in zip(times_s, span_assign(times_s, spans), strict=True) if j == FALSE_ACCEPT]
+
+
+def by_voice(times_s: Sequence[float], spans: Sequence[tuple[float, float]], voices: Sequence[str]) -> dict:
+    """Wake phrases and hits per speaking voice (``voices[j]`` says phrase ``j``): where the misses are."""
+    if len(voices) != len(spans):
+        raise ValueError(f"{len(voices)} voices for {len(spans)} wake phrases")
+    hit = np.zeros(len(spans), bool)
+    a = span_assign(times_s, spans)
+    hit[a[a >= 0]] = True
+    out: dict[str, list[int]] = {}
+    for v, h in zip(voices, hit, strict=True):
+        k = out.setdefault(v, [0, 0])
+        k[0] += 1
+        k[1] += int(h)
+    return {v: (k, h) for v, (k, h) in sorted(out.items())}
+
+
+def false_accept_sources(times_s: Sequence[float], spans: Sequence[tuple[float, float]], what_at) -> dict[str, int]:
+    """False accepts counted by what was playing when each fired (``what_at(t)``: speech, confusable, ...)."""
+    out: dict[str, int] = {}
+    for t in false_accept_times(times_s, spans):
+        kind = what_at(t)
+        out[kind] = out.get(kind, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def merge_breakdowns(parts: Sequence[dict]) -> dict:
+    """Sum per-voice (keywords, hits) pairs or per-source counts over scenes."""
+    out: dict = {}
+    for p in parts:
+        for k, v in p.items():
+            if isinstance(v, tuple):
+                a, b = out.get(k, (0, 0))
+                out[k] = (a + v[0], b + v[1])
+            else:
+                out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
+
+
+def voice_table(counts: dict) -> dict:
+    """JSON form of ``by_voice``: keywords, hits and miss rate per voice."""
+    return {v: {"keywords": k, "hits": h, "miss_rate": round(1 - h / k, 4) if k else 0.0}
+            for v, (k, h) in counts.items()}
 
 
 # ----------------------------------------------------------------------------- threshold sweeps

@@ -49,6 +49,16 @@ class SegmenterConfig(Strict):
     codec: Literal["flac", "pcm_s16le"] = Field(
         "flac", description="Audio codec of published segments (FLAC is lossless, about half the bytes of PCM)")
 
+    @property
+    def before_detection_s(self) -> float:
+        """Audio a segment holds before its detection instant: the pre-roll and the longest wake word."""
+        return self.preroll_s + self.keyword_s
+
+    @property
+    def segment_s(self) -> float:
+        """A whole segment's length when nothing cuts it short: before the detection, the command window after."""
+        return min(self.max_segment_s, self.before_detection_s + self.command_window_s)
+
     @model_validator(mode="after")
     def _fits(self) -> SegmenterConfig:
         if self.max_segment_s < self.preroll_s + self.keyword_s:

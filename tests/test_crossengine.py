@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cloud import crossengine as ce
-from cloud.train import augment, metrics
+from cloud.train import augment
+from gate import metrics
 from cloud.train.scenes import Scene
 from gate.vocabulary import COMMANDS
 
@@ -125,7 +126,7 @@ def test_the_breakdown_accounts_for_every_wake_phrase():
     b = _scene("b", [(10, 11), (30, 31), (50, 51)], ["flite:rms", "flite:slt", "flite:kal16"], [9.99, 20.0, 25.0])
     times = [[10.5, 51.2, 100.0], [31.8, 32.0]]  # 100.0 and 32.0 are false accepts
     out = ce.breakdown([a, b], times)
-    hits = sum(metrics.score(t, s.keywords, s.hours).hits for t, s in zip(times, [a, b], strict=True))
+    hits = sum(metrics.span_score(t, s.keywords, s.hours).hits for t, s in zip(times, [a, b], strict=True))
     for table in (out["by_voice"], out["by_snr"]):
         assert sum(r["keywords"] for r in table.values()) == 7
         assert sum(r["hits"] for r in table.values()) == hits == 3

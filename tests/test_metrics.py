@@ -81,3 +81,27 @@ def test_trace_sweep_matches_the_detector_and_a_det_curve_is_monotone():
     misses = [r["miss_rate"] for r in curve]
     assert fas == sorted(fas, reverse=True) and misses == sorted(misses)
     assert curve[-1]["true_accepts"] == 0 and curve[0]["false_accepts"] == 1
+
+
+def test_span_scores_follow_the_same_rule_as_labelled_streams():
+    from gate.metrics import combine, span_score
+
+    spans = [(10.0, 11.0), (20.0, 21.0)]
+    times = [9.8, 10.5, 11.9, 30.0, 21.0 + 1.01]  # early hit, duplicate, duplicate, false accept, just too late
+    sc = span_score(times, spans, 60.0 / 3600)
+    labels = [L(a, b, "wake") for a, b in spans]
+    d = score({"x": times}, {"x": (wake_windows(labels), 60.0)})
+    assert (sc.hits, sc.false_accepts, sc.duplicates) == (d["true_accepts"], d["false_accepts"], d["duplicates"])
+    assert (sc.hits, sc.false_accepts, sc.duplicates) == (1, 2, 2)
+    # false accepts per hour are over the audio outside the windows: 60 s minus 2 x 2.25 s
+    assert sc.non_wake_hours == pytest.approx((60 - 4.5) / 3600) == d["non_wake_hours"]
+    assert sc.fa_per_hour == pytest.approx(d["fa_per_hour"])
+    both = combine([sc, sc])
+    assert both.fa_per_hour == pytest.approx(sc.fa_per_hour) and both.keywords == 4
+
+
+def test_assign_keeps_the_callers_order():
+    from gate.metrics import DUPLICATE, FALSE_ACCEPT, assign, span_windows
+
+    got = assign([10.6, 5.0, 10.2], span_windows([(10.0, 11.0)]))
+    assert got.tolist() == [DUPLICATE, FALSE_ACCEPT, 0]  # the earlier detection takes the hit

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.train import metrics
+from gate import metrics
 
 SPANS = [(10.0, 11.0), (20.0, 21.0), (30.0, 31.0), (40.0, 41.0)]
 VOICES = ["pico:en-GB", "mbrola:mb-us3", "pico:en-GB", "mbrola:mb-us3"]
 
 
 def test_by_voice_counts_phrases_and_hits_per_speaker():
-    # hits on 0 and 1 (twice: the second is a false accept), a miss on 2 and 3, one false accept at 50 s
+    # hits on 0 and 1 (twice: the second is a duplicate), a miss on 2 and 3, one false accept at 50 s
     got = metrics.by_voice([10.5, 21.2, 21.3, 50.0], SPANS, VOICES)
     assert got == {"mbrola:mb-us3": (2, 1), "pico:en-GB": (2, 1)}
     table = metrics.voice_table(got)
@@ -28,9 +28,10 @@ def test_false_accepts_are_sorted_by_what_was_playing():
         return "speech" if t < 60 else "background"
 
     got = metrics.false_accept_sources([10.5, 10.9, 55.0, 70.0, 71.0], SPANS, what_at)
-    # 10.5 hits phrase 0; 10.9 is a second detection on it (a false accept during the phrase)
-    assert got == {"background": 2, "speech": 2}
-    assert sum(got.values()) == metrics.score([10.5, 10.9, 55.0, 70.0, 71.0], SPANS, 1.0).false_accepts
+    # 10.5 hits phrase 0; 10.9 is a second detection on it: a duplicate, not a false accept
+    assert got == {"background": 2, "speech": 1}
+    sc = metrics.span_score([10.5, 10.9, 55.0, 70.0, 71.0], SPANS, 1.0)
+    assert sum(got.values()) == sc.false_accepts and sc.duplicates == 1
 
 
 def test_breakdowns_sum_over_scenes():
@@ -49,8 +50,8 @@ def test_command_accuracy_reads_each_detected_phrase_from_its_fire_time():
     sr = 16_000
     audio = np.arange(60 * sr, dtype=np.int32) // 16  # each sample says its time in ms
     quiet = scenes.Scene("quiet_home", audio, SPANS, keyword_commands=["lights_on", "stop", "go", "up"])
-    office = scenes.Scene("office_babble", audio, [(1.0, 1.8)], keyword_commands=["down"])
-    heard = {10.6: "lights_on", 21.2: "play", 30.5: None, 55.0: "stop", 2.0: "down"}
+    office = scenes.Scene("office_babble", audio, [(0.5, 1.3)], keyword_commands=["down"])
+    heard = {10.6: "lights_on", 21.2: "play", 30.5: None, 55.0: "stop", 1.5: "down"}
     reads = []
 
     class Recogniser:  # names the command by the fire time it is read from
@@ -63,13 +64,14 @@ def test_command_accuracy_reads_each_detected_phrase_from_its_fire_time():
             return CommandResult(name=name, label=name or "_unknown", confidence=0.9)
 
     # quiet home: hits on phrases 0, 1 and 2 (right, wrong, not recognised), a miss on 3, a false accept at 55 s
-    got = pipeline.command_accuracy(Recogniser(), [quiet, office], [[10.6, 21.2, 30.5, 55.0], [2.0]])
+    got = pipeline.command_accuracy(Recogniser(), [quiet, office], [[10.6, 21.2, 30.5, 55.0], [1.5]])
     assert (got["detected_phrases"], got["correct"], got["unrecognised"], got["wrong"]) == (4, 2, 1, 1)
     assert got["scenes"] == {"quiet_home": {"detected_phrases": 3, "correct": 1},
                              "office_babble": {"detected_phrases": 1, "correct": 1}}
     assert got["accuracy"] == 0.5 and got["read_offsets_s"] == [0.0, 0.1]
     after = pipeline.SegmenterConfig().command_window_s
-    assert [r[0] for r in reads] == [10.6, 21.2, 30.5, 2.0]  # never the false accept
-    # 2.5 s of pre-roll and phrase before the fire, the command window after; less pre-roll near the start
-    assert all(r[1:] == pytest.approx((2.5 + after, 2.5)) for r in reads[:3])
-    assert reads[3][1:] == pytest.approx((2.0 + after, 2.0))
+    assert [r[0] for r in reads] == [10.6, 21.2, 30.5, 1.5]  # never the false accept
+    # the segmenter's pre-roll and phrase before the fire, the command window after; less near the start
+    before = pipeline.SegmenterConfig().before_detection_s
+    assert all(r[1:] == pytest.approx((before + after, before)) for r in reads[:3])
+    assert reads[3][1:] == pytest.approx((1.5 + after, 1.5))

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cloud.train import corpus, dataset, embedded, fit, metrics, scenes
+from cloud.train import corpus, dataset, embedded, fit, scenes
+from gate import metrics
 from cloud.train.models import build, cost, logits
 from cloud.train.recipe import Recipe
 from gate.kws.config import KwsConfig
@@ -548,12 +549,12 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
             cpu += time.process_time() - t0
             all_scored.append(scored)
             times = _detect(cfg, scored)
-            tiny = metrics.score(times, s.keywords, s.hours)
+            tiny = metrics.span_score(times, s.keywords, s.hours)
             passed = {f"tiny+{v}": [t for t in times if ok(i, t)] for v, ok in test_passes.items()}
             all_kept.append(passed["tiny+verifier"])
             per_scene[s.name] = {"tiny": tiny.as_dict()}
             for how, kept in passed.items():
-                score = metrics.score(kept, s.keywords, s.hours)
+                score = metrics.span_score(kept, s.keywords, s.hours)
                 per_scene[s.name][how] = score.as_dict()
                 checked[how].append(score)
             tiny_all.append(tiny)
@@ -593,8 +594,8 @@ def _cascade_tuned(base: KwsConfig, dev: list, dev_scores: list, tests: list, sc
         node, kept = [], []
         for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
             times = _detect(c, sc)
-            node.append(metrics.score(times, s.keywords, s.hours))
-            kept.append(metrics.score([t for t in times if passes(i, t)], s.keywords, s.hours))
+            node.append(metrics.span_score(times, s.keywords, s.hours))
+            kept.append(metrics.span_score([t for t in times if passes(i, t)], s.keywords, s.hours))
         a, b = metrics.combine(node), metrics.combine(kept)
         out[name] = {"threshold": thr, "node": a.as_dict(), "checked": b.as_dict(),
                      "candidates_per_hour": round((a.hits + a.false_accepts) / hours, 2)}
@@ -612,9 +613,9 @@ def _curve(cfg: KwsConfig, tests: list, scored: list, passes: dict) -> list[dict
         ver: dict[str, list] = {name: [] for name in passes}
         for i, (s, sc) in enumerate(zip(tests, scored, strict=True)):
             times = _detect(c, sc)
-            tiny.append(metrics.score(times, s.keywords, s.hours))
+            tiny.append(metrics.span_score(times, s.keywords, s.hours))
             for name, ok in passes.items():
-                ver[name].append(metrics.score([t for t in times if ok(i, t)], s.keywords, s.hours))
+                ver[name].append(metrics.span_score([t for t in times if ok(i, t)], s.keywords, s.hours))
             voices.append(metrics.by_voice(times, s.keywords, s.keyword_voices))
         a = metrics.combine(tiny)
         by_voice = {v: m["miss_rate"] for v, m in metrics.voice_table(metrics.merge_breakdowns(voices)).items()}
@@ -644,7 +645,7 @@ def command_accuracy(recogniser, scenes_: list, detections: list) -> dict:
     by_scene: dict[str, dict[str, int]] = {}
     for s, times in zip(scenes_, detections, strict=True):
         here = by_scene.setdefault(s.name, {"detected_phrases": 0, "correct": 0})
-        for t, j in zip(times, metrics.match(times, s.keywords), strict=True):
+        for t, j in zip(times, metrics.span_assign(times, s.keywords), strict=True):
             if j < 0:
                 continue
             got = recogniser.recognise(*_segment(audio=s.audio, t=t, after_s=after)).name
@@ -661,14 +662,14 @@ def command_accuracy(recogniser, scenes_: list, detections: list) -> dict:
 
 
 def _segment(*, audio: np.ndarray, t: float, after_s: float) -> tuple[np.ndarray, float]:
-    """A forwarded segment as the cloud gets it: 2.5 s of pre-roll and phrase before the fire at ``t``,
-    ``after_s`` after it; with the fire's time into the segment."""
-    a = max(0, int((t - 2.5) * SR))
+    """A forwarded segment as the cloud gets it: the segmenter's pre-roll and phrase before the fire at
+    ``t``, ``after_s`` after it; with the fire's time into the segment."""
+    a = max(0, int((t - SegmenterConfig().before_detection_s) * SR))
     return audio[a:int((t + after_s) * SR)], t - a / SR
 
 
 def verified(verifier, audio: np.ndarray, t: float) -> bool:
-    """What the cloud does with a forwarded segment: 2.5 s of pre-roll and phrase, 0.5 s after the fire."""
+    """What the cloud does with a forwarded segment: pre-roll and phrase, 0.5 s after the fire."""
     return verifier.verify(*_segment(audio=audio, t=t, after_s=0.5))[0]
 
 
@@ -691,7 +692,8 @@ def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: fl
     """Lowest threshold whose false accepts on the dev scenes stay within ``fa_per_hour``. With a
     ``verifier`` (tuning for the cascade) only the false accepts it passes count, and the node's own
     (what it uploads for the cloud to reject) must stay within ``uploads_per_hour``."""
-    hours = sum(s.hours for s in dev)
+    hours = sum(s.hours for s in dev)  # uploads are a rate over all audio; false accepts over non-wake time
+    fa_hours = metrics.combine(metrics.span_score([], s.keywords, s.hours) for s in dev).non_wake_hours
     # ``passes``: the verifier's verdicts on ``dev`` already being collected (``_verdicts``), to share them.
     passes = (passes or _verdicts(verifier, dev)) if verifier is not None else None
     candidates = LOGIT_THRESHOLDS if logit else THRESHOLDS
@@ -700,12 +702,12 @@ def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: fl
         node_fa = cascade_fa = 0
         for i, (s, sc) in enumerate(zip(dev, dev_scores, strict=True)):
             times = _detect(c, sc)
-            wrong = [t for t, j in zip(times, metrics.match(times, s.keywords), strict=True) if j < 0]
+            wrong = metrics.false_accept_times(times, s.keywords)
             node_fa += len(wrong)
             cascade_fa += sum(passes(i, t) for t in wrong) if passes is not None else 0
-        if passes is None and node_fa <= fa_per_hour * hours:
+        if passes is None and node_fa <= fa_per_hour * fa_hours:
             return float(thr)
-        if passes is not None and cascade_fa <= fa_per_hour * hours and node_fa <= uploads_per_hour * hours:
+        if passes is not None and cascade_fa <= fa_per_hour * fa_hours and node_fa <= uploads_per_hour * hours:
             return float(thr)
     return float(candidates[-1])
 
