@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cloud.serve_config import COMMAND_READ_OFFSETS_S as DEFAULT_READ_OFFSETS_S
-from cloud.verifier import MODELS_DIR, read_card, window
+from cloud.verifier import CARD_NEEDED, MODELS_DIR, read_card, window
 from gate.kws.featurize import Featurizer
 from gate.kws.interpreter import ModelError, TFLiteModel
 
@@ -32,7 +32,7 @@ class CommandRecognizer:
     def __init__(self, *, model_path: str | Path = DEFAULT_COMMANDS, min_confidence: float = 0.5,
                  read_offsets_s: Sequence[float] = DEFAULT_READ_OFFSETS_S) -> None:
         path = Path(model_path)
-        self.card = read_card(path)
+        self.card = read_card(path, required=CARD_NEEDED)
         self.classes: list[str] = list(self.card["classes"])
         self.model = TFLiteModel(model_path=path, num_threads=1)
         if self.model.output.shape[-1] != len(self.classes):

@@ -12,18 +12,18 @@ and where in it the node's detector fired, and re-scores the windows ending arou
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from gate.kws.featurize import Featurizer
-from gate.kws.interpreter import ModelError, TFLiteModel
+from gate.kws.interpreter import TFLiteModel, read_card
 from gate.kws.second_stage import DEFAULT_SECOND_STAGE, SEARCH_S, EmbeddingCheck, best_mean, window
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_VERIFIER = MODELS_DIR / "verifier.tflite"
 DEFAULT_VERIFIER_V2 = DEFAULT_SECOND_STAGE  # one head: the node's second stage is the cloud's verifier v2
+CARD_NEEDED = "it names the classes and features"
 VERSIONS = {"v1": DEFAULT_VERIFIER, "v2": DEFAULT_VERIFIER_V2}
 # Window ends are scored around the fire time (SEARCH_S, shared with v2), one every SEARCH_STRIDE feature
 # frames (31 windows, about 11 ms of float inference), and how many consecutive ones' mean is the score.
@@ -31,17 +31,10 @@ SEARCH_STRIDE = 2
 SMOOTH_WINDOWS = 3
 
 
-def read_card(path: Path) -> dict:
-    p = path.with_suffix(".json")
-    if not p.is_file():
-        raise ModelError(f"{p}: model card missing (it names the classes and features)", code="model_missing")
-    return json.loads(p.read_text(encoding="utf-8"))
-
-
 class Verifier:
     def __init__(self, *, model_path: str | Path = DEFAULT_VERIFIER, threshold: float | None = None) -> None:
         path = Path(model_path)
-        self.card = read_card(path)
+        self.card = read_card(path, required=CARD_NEEDED)
         self.model = TFLiteModel(model_path=path, num_threads=1)
         self.featurizer = Featurizer(self.card.get("feature_kind", "logmel"))
         self.frames = int(self.model.input.shape[1])
@@ -80,6 +73,6 @@ class EmbeddingVerifier(EmbeddingCheck):
 def load_verifier(model_path: str | Path = DEFAULT_VERIFIER, *, threshold: float | None = None):
     """The verifier class the model's card names (speech_embedding: v2; otherwise the log-mel v1)."""
     path = Path(model_path)
-    if read_card(path).get("feature_kind") == "speech_embedding":
+    if read_card(path, required=CARD_NEEDED).get("feature_kind") == "speech_embedding":
         return EmbeddingVerifier(model_path=path, threshold=threshold)
     return Verifier(model_path=path, threshold=threshold)

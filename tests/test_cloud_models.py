@@ -166,3 +166,25 @@ def test_the_service_config_sets_the_command_read_offsets():
 
     assert load_models(CloudConfig()).commands._model.shifts == [round(o * 100) for o in COMMAND_READ_OFFSETS_S]
     assert load_models(CloudConfig(command_read_offsets_s=[0.3, 0.0])).commands._model.shifts == [0, 30]
+
+
+def test_every_model_reads_its_card_through_one_reader(tmp_path):
+    import shutil
+
+    from cloud.commands import CommandRecognizer
+    from cloud.verifier import DEFAULT_VERIFIER, Verifier
+    from gate.kws.interpreter import ModelError, read_card
+    from gate.kws.second_stage import DEFAULT_SECOND_STAGE, EmbeddingCheck
+
+    bare = tmp_path / "bare.tflite"
+    shutil.copy(DEFAULT_VERIFIER, bare)
+    assert read_card(bare) == {}  # the node's KWS runs without one (threshold 0.5)
+    for make, why in ((lambda: Verifier(model_path=bare), "names the classes"),
+                      (lambda: CommandRecognizer(model_path=bare), "names the classes"),
+                      (lambda: EmbeddingCheck(model_path=bare), "names the features and the threshold")):
+        with pytest.raises(ModelError, match=f"bare.json: model card missing .*{why}"):
+            make()
+    bare.with_suffix(".json").write_text("[1, 2]")
+    with pytest.raises(ModelError, match="a model card is a JSON object, not list"):
+        Verifier(model_path=bare)
+    assert read_card(DEFAULT_SECOND_STAGE)["feature_kind"] == "speech_embedding"

@@ -8,6 +8,7 @@ Quantization parameters are always read from the model's tensors, never hard-cod
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,23 @@ class InterpreterError(GateError):
 
 class ModelError(GateError):
     code = "model_invalid"
+
+
+def read_card(model_path: str | Path, *, required: str | None = None) -> dict:
+    """The model card beside a model (same name, .json): a JSON object. A missing card is {} unless
+    ``required`` says what the card is needed for, when it is an error naming the file and that reason."""
+    p = Path(model_path).with_suffix(".json")
+    if not p.is_file():
+        if required:
+            raise ModelError(f"{p}: model card missing ({required})", code="model_missing")
+        return {}
+    try:
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{p}: not a readable model card ({exc})", code="model_card") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{p}: a model card is a JSON object, not {type(card).__name__}", code="model_card")
+    return card
 
 
 def find_interpreter(backends: Sequence[tuple[str, str]] = BACKENDS,

@@ -18,23 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from gate.kws.embedding import SpeechEmbedding
-from gate.kws.interpreter import ModelError, TFLiteModel
+from gate.kws.interpreter import ModelError, TFLiteModel, read_card
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_SECOND_STAGE = MODELS_DIR / "second_stage.tflite"
 SEARCH_S = (-0.25, 0.35)  # window ends scored around the fire time (s before, s after)
 SMOOTH = 2                # windows are 80 ms apart: two span what three 20 ms-apart log-mel windows do
-
-
-def read_card(path: Path) -> dict:
-    """The head's card (gate.kws.stage.read_card's checks), which it cannot run without."""
-    from gate.kws.stage import read_card as read_any
-
-    card = read_any(path)
-    if not card:
-        raise ModelError(f"{Path(path).with_suffix('.json')}: model card missing (it names the features and the "
-                         "threshold)", code="model_missing")
-    return card
 
 
 def window(feats: np.ndarray, end: int, frames: int) -> np.ndarray:
@@ -58,7 +47,7 @@ class EmbeddingCheck:
     def __init__(self, *, model_path: str | Path = DEFAULT_SECOND_STAGE, threshold: float | None = None,
                  embedding: SpeechEmbedding | None = None) -> None:
         path = Path(model_path)
-        self.card = read_card(path)
+        self.card = read_card(path, required="it names the features and the threshold")
         if self.card.get("feature_kind") != SpeechEmbedding.kind:
             raise ModelError(f"{path}: model card says feature_kind {self.card.get('feature_kind')!r}, "
                              f"not {SpeechEmbedding.kind!r}", code="model_mismatch")

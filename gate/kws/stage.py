@@ -8,7 +8,6 @@ audio time of the first sample it will feed, so times stay true across gaps.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from gate.kws.config import KwsConfig
 from gate.kws.detector import Detection, Detector
 from gate.kws.featurize import Featurizer
-from gate.kws.interpreter import ModelError, TFLiteModel
+from gate.kws.interpreter import ModelError, TFLiteModel, read_card  # noqa: F401  (read_card: re-exported)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_THRESHOLD = 0.5
@@ -25,20 +24,6 @@ DEFAULT_THRESHOLD = 0.5
 
 def default_model_path(feature_kind: str) -> Path:
     return MODELS_DIR / f"kws_{feature_kind}.tflite"
-
-
-def read_card(model_path: str | Path) -> dict:
-    """The model card beside a model (same name, .json); {} when there is none."""
-    p = Path(model_path).with_suffix(".json")
-    if not p.is_file():
-        return {}
-    try:
-        card = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{p}: not a readable model card ({exc})", code="model_card") from None
-    if not isinstance(card, dict):
-        raise ModelError(f"{p}: a model card is a JSON object, not {type(card).__name__}", code="model_card")
-    return card
 
 
 def tuned_threshold(model_path: str | Path) -> float:
