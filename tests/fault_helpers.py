@@ -7,36 +7,28 @@ that hangs a component fails the test instead of the suite.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from cloud_helpers import (  # noqa: F401  (re-exported: the fault tests take them from here)
+    ENV,
+    CloudService,
+    alive,
+    fake_models,
+    store_rows,
+    wait_until,
+    worker_states,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 SR = 16_000
 STANDIN = TESTS / "data" / "kws_standin.tflite"
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), OMP_NUM_THREADS="1")
-ENV.pop("JOURNAL_STREAM", None)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(every)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,25 +101,6 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def worker_states(state_dir: Path) -> list[dict]:
-    """The state files `gate-cloud serve` workers keep in ``state_dir`` (one being replaced is skipped)."""
-    out = []
-    for p in state_dir.glob("worker-*-*.json"):
-        try:
-            out.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            pass  # being replaced
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"  # a killed child is a zombie until reaped
-    except OSError:
-        return False
-
-
 class NodeProcess:
     """``gate-node --config CFG run --input WAV --broker URL`` with its stderr kept."""
 
@@ -161,101 +134,6 @@ class NodeProcess:
             raise AssertionError(f"gate-node did not exit within {timeout} s:\n{self.log()[-3000:]}") from None
 
 
-class CloudService:
-    """``gate-cloud serve`` as a subprocess on a real broker, with its state files and SQLite store."""
-
-    def __init__(self, workdir: Path, broker_port: int, *, workers: int = 1, prefix: str = "fault",
-                 models_factory: str | None = None, config: str | None = None, db: Path | None = None,
-                 log_level: str = "WARNING", ready_timeout: float = 90.0) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.dir = workdir
-        self.state = workdir / "state"
-        self.state.mkdir(exist_ok=True)
-        self.db = db or workdir / "cloud.db"
-        self.summary_path = workdir / "summary.json"
-        self.log_path = workdir / "serve.log"
-        self.workers = workers
-        argv = [sys.executable, "-m", "cloud.cli", "--log-level", log_level, "serve",
-                "--broker", f"mqtt://127.0.0.1:{broker_port}", "--workers", str(workers),
-                "--db", f"sqlite:///{self.db}", "--metrics-port", "0", "--client-id-prefix", prefix,
-                "--state-dir", str(self.state), "--summary-out", str(self.summary_path)]
-        if models_factory:
-            argv += ["--models-factory", models_factory]
-        if config:
-            cfg = workdir / "cloud.yaml"
-            cfg.write_text(config)
-            argv += ["--config", str(cfg)]
-        with open(self.log_path, "ab") as f:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=f,
-                                         stderr=subprocess.STDOUT)
-        if not wait_until(lambda: len(self.ready()) == workers or self.proc.poll() is not None, ready_timeout, 0.1) \
-                or self.proc.poll() is not None:
-            self.kill()
-            raise AssertionError(f"gate-cloud serve not ready:\n{self.log()}")
-
-    def states(self) -> list[dict]:
-        return worker_states(self.state)
-
-    def ready(self) -> set[int]:
-        return {s["index"] for s in self.states() if s["state"] == "ready" and alive(s["pid"])}
-
-    def pid_of(self, index: int) -> int:
-        live = [s["pid"] for s in self.states() if s["index"] == index and alive(s["pid"])]
-        assert live, f"worker {index} is not running"
-        return live[-1]
-
-    def live_summaries(self) -> list[dict]:
-        """Each live worker's /summary.json (counters are per process)."""
-        out = []
-        for s in self.states():
-            if s.get("metrics_url") and alive(s["pid"]):
-                try:
-                    with urllib.request.urlopen(s["metrics_url"] + "/summary.json", timeout=5) as r:
-                        out.append(json.loads(r.read()))
-                except OSError:
-                    pass
-        return out
-
-    def stop(self, timeout: float = 60.0) -> tuple[int, dict]:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"gate-cloud serve ignored SIGTERM:\n{self.log()}") from None
-        return rc, json.loads(self.summary_path.read_text())
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for s in self.states():
-            if alive(s["pid"]):
-                try:
-                    os.kill(s["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def rows_per_segment(self) -> Counter:
-        return store_rows(self.db)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
-def store_rows(db: Path) -> Counter:
-    """Rows per segment id in the cloud's SQLite store, read-only (the workers may still be writing)."""
-    if not db.exists():
-        return Counter()
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return Counter(r[0] for r in con.execute("SELECT segment_id FROM segments"))
-    except sqlite3.OperationalError:  # the schema is not there yet
-        return Counter()
-    finally:
-        con.close()
-
-
 def store_count(db: Path, sql: str) -> int:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -269,8 +147,6 @@ def store_count(db: Path, sql: str) -> int:
 
 
 def fast_models(cfg=None):
-    from test_cloud_service_units import fake_models
-
     return fake_models(cfg)
 
 

@@ -1,4 +1,4 @@
-"""A stand-in KWS model for tests, used only while gate/models/ ships no real one.
+"""A stand-in KWS model for plumbing tests that must not hinge on a model's accuracy.
 
 It has the shipped model's interface (float (1, W, 40) log-mel in, one posterior out) and runs in
 the same interpreter, but it only measures loudness: posterior = sigmoid(a * (mean log-mel - b)).
@@ -19,10 +19,11 @@ WINDOW_FRAMES = 50  # 0.5 s of 10 ms frames
 GAIN, LEVEL = 3.0, -5.0  # a log-mel mean of -5 is about speech at -30 dBFS; a -60 dBFS room sits near -8
 
 
-def kws_model_path() -> tuple[Path, bool]:
-    """(model, is_real): the shipped log-mel model when there is one, else the loudness stand-in."""
-    real = default_model_path("logmel")
-    return (real, True) if real.is_file() else (STANDIN, False)
+def shipped_kws_model() -> Path:
+    """The committed log-mel model; a test that needs it fails, naming it, if it is gone."""
+    path = default_model_path("logmel")
+    assert path.is_file(), f"committed model missing: {path}"
+    return path
 
 
 def build(path: Path = STANDIN) -> Path:

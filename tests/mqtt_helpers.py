@@ -13,7 +13,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -75,19 +75,6 @@ class Mosquitto:
     def restart(self, *, hard: bool = False) -> None:
         self.stop(hard=hard)
         self.start()
-
-
-@pytest.fixture(name="mosquitto")
-def mosquitto_fixture(tmp_path) -> Iterator[Mosquitto]:
-    """Import this into a test module; tests then ask for ``mosquitto``."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed")
-    broker = Mosquitto(tmp_path)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 class Collector:

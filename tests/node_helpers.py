@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from kws_standin import STANDIN, kws_model_path
+from kws_standin import STANDIN, shipped_kws_model
 
 from gate.audio import float_to_int16
 from gate.config import GateSettings
@@ -74,13 +74,9 @@ def node_settings(tmp_path: Path, model: str = "standin") -> GateSettings:
     """Settings for a node under test.
 
     ``model="standin"``: the loudness stand-in, so a plumbing test does not hinge on a model's
-    accuracy. ``"shipped"``: gate/models' log-mel model; the test is skipped while there is none.
+    accuracy. ``"shipped"``: gate/models' log-mel model (committed, so required).
     """
-    path, real = kws_model_path()
-    if model == "standin":
-        path = STANDIN
-    elif not real:
-        pytest.skip("gate/models/kws_logmel.tflite is not shipped yet")
+    path = STANDIN if model == "standin" else shipped_kws_model()
     s = GateSettings()
     s.kws.model_path = str(path)
     s.mqtt.spool_dir = str(tmp_path / "spool")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from kws_standin import kws_model_path
+from kws_standin import shipped_kws_model
 from node_helpers import at_dbfs, feed, hum, pink_noise
 
 from gate.audio import float_to_int16
@@ -153,7 +153,7 @@ def test_streaming_equals_batch_with_the_real_kws_stage():
     """The same contract with gate.kws.KeywordSpotter (shipped model, else the loudness stand-in)."""
     from gate.kws import KeywordSpotter
 
-    path, _ = kws_model_path()
+    path = shipped_kws_model()
     s = GateSettings()
     s.kws.model_path = str(path)
     x = scene(bursts=((3.0, 1.2),))
@@ -254,7 +254,7 @@ def test_reconfigure_keeps_the_audio_clock():
 
 
 def test_from_config_builds_every_stage_with_the_profiles_startup():
-    path, _ = kws_model_path()
+    path = shipped_kws_model()
     s = GateSettings()
     s.kws.model_path = str(path)
     s.energy.profile = "mcu-analog"

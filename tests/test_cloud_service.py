@@ -1,19 +1,17 @@
 """`gate-cloud serve` against a real mosquitto: workers are real processes, faults are real signals.
 
-Every test runs the shipped cloud models (cloud/models/*.tflite) and is skipped, saying so, when
-they have not been trained yet. ``GATE_TEST_FAKE_CLOUD_MODELS=1`` runs the MQTT tests (not the
-end-to-end one) with the deterministic stand-in of test_cloud_service_units instead, for work on
-the transport while the weights are being rebuilt.
+Every test runs the committed cloud models (cloud/models/*.tflite) and fails, naming them, if they
+are missing. ``GATE_TEST_FAKE_CLOUD_MODELS=1`` runs the MQTT tests (not the end-to-end one) with the
+deterministic stand-in of cloud_helpers instead, for work on the transport while the weights are
+being rebuilt.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -21,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fault_helpers import alive, worker_states
-from mqtt_helpers import Collector, Mosquitto, mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
-from test_cloud_service_units import make_segment
-from test_store import pg_server, pg_url  # noqa: F401  (fixtures: a PostgreSQL server for this module)
+from cloud_helpers import CloudService, make_segment
+from mqtt_helpers import Collector, needs_mosquitto
 
 from gate.wire import Verdict, rewrite_header
 
@@ -32,96 +28,8 @@ pytestmark = [needs_mosquitto, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-MODELS = [ROOT / "cloud" / "models" / "verifier.tflite", ROOT / "cloud" / "models" / "commands.tflite"]
-HAVE_MODELS = all(p.is_file() for p in MODELS)
 FAKE = os.environ.get("GATE_TEST_FAKE_CLOUD_MODELS") == "1"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
-
-
-def _models_args(*, real_only: bool = False) -> list[str]:
-    if HAVE_MODELS:
-        return []
-    if FAKE and not real_only:
-        return ["--models-factory", "test_cloud_service_units:fake_models"]
-    pytest.skip("cloud models not trained yet: cloud/models/verifier.tflite and commands.tflite are missing")
-
-
-class Service:
-    """`python -m cloud.cli serve` as a subprocess, with its state files and summary."""
-
-    def __init__(self, tmp: Path, broker: Mosquitto, *, workers: int, extra: list[str] = (),
-                 real_only: bool = False, name: str = "svc", db: Path | None = None, prefix: str | None = None,
-                 db_url: str | None = None) -> None:
-        self.dir = tmp / name
-        self.state = self.dir / "state"
-        self.state.mkdir(parents=True)
-        self.db = db or self.dir / "cloud.db"
-        self.db_url = db_url or f"sqlite:///{self.db}"
-        self.summary_path = self.dir / "summary.json"
-        self.log_path = self.dir / "serve.log"
-        self.workers = workers
-        argv = [sys.executable, "-m", "cloud.cli", "--log-level", "INFO", "serve",
-                "--broker", f"mqtt://127.0.0.1:{broker.port}", "--workers", str(workers),
-                "--db", self.db_url, "--metrics-port", "0", "--client-id-prefix", prefix or f"test-{name}",
-                "--state-dir", str(self.state), "--summary-out", str(self.summary_path),
-                *_models_args(real_only=real_only), *extra]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
-        with open(self.log_path, "ab") as log:
-            # Own process group: teardown can end the supervisor and every worker it started, by group id.
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self.wait_ready(timeout=60)
-        except BaseException:
-            self.kill()  # never leave a supervisor restarting workers behind a failed test
-            raise
-
-    def states(self) -> list[dict]:
-        return worker_states(self.state)
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready = {s["index"] for s in self.states() if s["state"] == "ready" and alive(s["pid"])}
-            if len(ready) == self.workers:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"service not ready:\n{self.log()}")
-
-    def pid_of(self, index: int) -> int:
-        live = [s["pid"] for s in self.states() if s["index"] == index and alive(s["pid"])]
-        assert live, f"worker {index} is not running"
-        return live[-1]
-
-    def stop(self, timeout: float = 40) -> tuple[int, dict]:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"service ignored SIGTERM:\n{self.log()}") from None
-        return rc, json.loads(self.summary_path.read_text())
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(10)
-
-    def rows(self, sql: str = "SELECT segment_id, worker FROM segments") -> list[tuple]:
-        from cloud.store import open_store
-
-        store = open_store(self.db_url)
-        try:
-            return store.query(sql)
-        finally:
-            store.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture
@@ -132,10 +40,15 @@ def broker(mosquitto):
 
 @pytest.fixture
 def service_factory(tmp_path, broker):
-    started: list[Service] = []
+    """``gate-cloud serve`` on the shipped models (the stand-in with GATE_TEST_FAKE_CLOUD_MODELS=1, except
+    where ``real_only``), killed with every worker at teardown."""
+    started: list[CloudService] = []
 
-    def make(**kw) -> Service:
-        s = Service(tmp_path, broker, **kw)
+    def make(*, workers: int, extra: list[str] = (), real_only: bool = False, name: str = "svc",
+             db: Path | None = None, prefix: str | None = None, db_url: str | None = None) -> CloudService:
+        s = CloudService(tmp_path / name, broker.port, workers=workers, prefix=prefix or f"test-{name}",
+                         models_factory="cloud_helpers:fake_models" if FAKE and not real_only else None,
+                         db=db, db_url=db_url, extra=extra, log_level="INFO", ready_timeout=60)
         started.append(s)
         return s
 

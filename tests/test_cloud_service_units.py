@@ -1,6 +1,6 @@
 """Units of `gate-cloud serve`: config, handler (validate, dedupe, models, store), energy, metrics.
 
-The handler runs here with a deterministic stand-in scorer (``fake_models``), so these tests pin
+The handler runs here with a deterministic stand-in scorer (``cloud_helpers.fake_models``), so these tests pin
 the message path without trained weights; the MQTT tests in test_cloud_service.py use the real
 models.
 """
@@ -8,12 +8,11 @@ models.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import urllib.request
 
-import numpy as np
 import pytest
+from cloud_helpers import FakeCommands, FakeVerifier, fake_models, make_segment
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -22,59 +21,10 @@ from cloud.energy_meter import EnergyMeter, ThreadCpuTimer
 from cloud.metrics import MetricsServer, ServiceMetrics
 from cloud.serve_config import CloudConfig, ServerPowerConfig
 from cloud.service.handler import SegmentHandler
-from cloud.service.models import CloudModels, RecognizedCommand, VerifierResult
+from cloud.service.models import CloudModels
 from cloud.service.supervisor import merge_summaries
 from cloud.store import SQLiteStore, StoreError
-from gate.vocabulary import COMMANDS
-from gate.wire import SegmentHeader, Verdict, encode_segment, new_id, pcm_sha256
-
-# ---------------------------------------------------------------------------------------------
-# Helpers (also imported by the MQTT tests)
-
-
-def make_segment(*, node: str = "n1", seconds: float = 1.0, codec: str = "flac", seed: int = 0, seq: int = 0,
-                 sent_unix: float | None = None, samples: np.ndarray | None = None,
-                 detect_s: float | None = None, segment_id: str | None = None) -> tuple[SegmentHeader, bytes]:
-    if samples is None:
-        rng = np.random.default_rng(seed)
-        samples = (rng.standard_normal(int(16_000 * seconds)) * 800).astype(np.int16)
-    dur = samples.size / 16_000
-    header = SegmentHeader(node_id=node, boot_id=new_id(), segment_id=segment_id or new_id(), seq=seq,
-                           t_start_s=0.0, t_end_s=dur, t_detect_s=dur / 2 if detect_s is None else detect_s,
-                           scores={"kws": 0.9}, sample_rate=16_000, codec=codec, n_samples=int(samples.size),
-                           audio_sha256=pcm_sha256(samples), sent_unix=sent_unix)
-    return header, encode_segment(header, samples)
-
-
-class FakeVerifier:
-    """Deterministic in the audio: the same segment always gets the same score."""
-
-    name, version = "verifier", "fake-1"
-
-    def __init__(self, fail: bool = False) -> None:
-        self.calls = 0
-        self.fail = fail
-
-    def score(self, samples, sample_rate, *, fired_at_s):
-        self.calls += 1
-        if self.fail:
-            raise FloatingPointError("boom")
-        h = hashlib.sha256(samples.tobytes()).digest()
-        p = h[0] / 255.0
-        return VerifierResult(p >= 0.5, p)
-
-
-class FakeCommands:
-    name, version = "commands", "fake-1"
-
-    def recognize(self, samples, sample_rate, *, start_s):
-        h = hashlib.sha256(samples.tobytes()).digest()
-        return RecognizedCommand(COMMANDS[h[1] % len(COMMANDS)].name, 0.8)
-
-
-def fake_models(cfg=None) -> CloudModels:
-    """A ``models_factory`` target: ``test_cloud_service_units:fake_models``."""
-    return CloudModels(verifier=FakeVerifier(), commands=FakeCommands())
+from gate.wire import Verdict
 
 
 class BrokenStore:

@@ -7,8 +7,8 @@ import pytest
 
 from cloud import crossengine as ce
 from cloud.train import augment
-from gate import metrics
 from cloud.train.scenes import Scene
+from gate import metrics
 from gate.vocabulary import COMMANDS
 
 SR = ce.SR

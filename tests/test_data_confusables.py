@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from test_data_helpers import needs_espeak
+from data_helpers import needs_espeak
 
 from gate.vocabulary import COMMANDS, WAKE_PHRASE, command_phrases, match_command, normalise
 from sensors.synth import confusables

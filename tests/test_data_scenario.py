@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_data_helpers import needs_espeak, no_partials, tree_digest
+from data_helpers import needs_espeak, no_partials, tree_digest
 
 from sensors import datacli, scenario
 from sensors.scenario import LABEL_FIELDS, load_recipe, read_labels

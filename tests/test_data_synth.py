@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_data_helpers import empty_path_dir, needs_espeak, no_partials, tree_digest
+from data_helpers import empty_path_dir, needs_espeak, no_partials, tree_digest
 
 from sensors import datacli, loaders
 from sensors.synth import corpus, tts

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_data_helpers import needs_espeak
+from data_helpers import needs_espeak
 
 from sensors.synth import tts
 from sensors.synth.errors import TTSError

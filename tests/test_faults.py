@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cloud_helpers import make_segment
 from fault_helpers import (
     ENV,
     ROOT,
@@ -35,8 +36,7 @@ from fault_helpers import (
     store_rows,
     wait_until,
 )
-from mqtt_helpers import mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
-from test_cloud_service_units import make_segment
+from mqtt_helpers import needs_mosquitto
 
 pytestmark = [needs_mosquitto, pytest.mark.slow]
 

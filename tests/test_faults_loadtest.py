@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cloud_helpers import require_cloud_models
 from mqtt_helpers import needs_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,8 +19,7 @@ pytestmark = [needs_mosquitto, pytest.mark.slow]
 
 
 def test_five_nodes_every_segment_stored_and_answered_once(tmp_path, capsys):
-    if not (ROOT / "cloud" / "models" / "verifier.tflite").is_file():
-        pytest.skip("cloud models not trained yet")
+    require_cloud_models()
     out = tmp_path / "load.json"
     rc = loadtest.main(["--nodes", "5", "--segments-per-node", "3", "--publish-s", "2", "--duration-s", "90",
                         "--out", str(out)])

@@ -27,9 +27,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cloud_helpers import make_segment  # noqa: E402
 from fault_helpers import CloudService, store_count, store_rows, wait_until  # noqa: E402
 from mqtt_helpers import MOSQUITTO, Collector, Mosquitto  # noqa: E402
-from test_cloud_service_units import make_segment  # noqa: E402
 
 from gate.wire import (  # noqa: E402
     MAX_HEADER_BYTES,

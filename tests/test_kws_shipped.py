@@ -81,9 +81,7 @@ def test_reset_moves_the_audio_clock():
 
 
 def test_analog_envelope_model_loads_when_shipped():
-    path = default_model_path("analog_envelopes")
-    if not path.is_file():
-        pytest.skip("analog-envelope variant not shipped")
+    assert default_model_path("analog_envelopes").is_file(), "committed analog-envelope model missing"
     kws = KeywordSpotter.from_config(KwsConfig(feature_kind="analog_envelopes"))
     kws.process(read_audio(DATA / "pos_gbcwmd.flac"))
     assert kws.inferences > 0

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kws_standin import STANDIN, kws_model_path
-from mqtt_helpers import Collector, mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
+from kws_standin import STANDIN, shipped_kws_model
+from mqtt_helpers import Collector, needs_mosquitto
 from node_helpers import needs_espeak, wake_scene
 
 from gate.wire import decode_segment
@@ -115,11 +115,8 @@ class Node:
 @pytest.mark.parametrize(("capture_rate", "model_kind"), [(None, "standin"), (48000, "standin"), (None, "shipped")])
 def test_gate_node_run_publishes_the_wake_word_heard_through_pulseaudio(pulse, mosquitto, tmp_path, capture_rate,
                                                                         model_kind):
-    model, real_model = kws_model_path()
-    if model_kind == "standin":
-        model, real_model = STANDIN, False
-    elif not real_model:
-        pytest.skip("gate/models/kws_logmel.tflite is not shipped yet")
+    real_model = model_kind == "shipped"
+    model = shipped_kws_model() if real_model else STANDIN
     wav, _, phrase_s = wake_scene(tmp_path / "hey_jarvis.wav", seconds=6.0, at_s=[1.0], bed_dbfs=-75.0,
                                   sample_rate=22050)
     cfg = tmp_path / "thresholds.yaml"

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from mqtt_helpers import Collector, mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
+from mqtt_helpers import Collector, needs_mosquitto
 from node_helpers import SR, needs_espeak, node_settings, wake_scene
 
 from gate.node import run_node

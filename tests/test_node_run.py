@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mqtt_helpers import Collector, mosquitto_fixture, needs_mosquitto  # noqa: F401 - fixture
+from mqtt_helpers import Collector, needs_mosquitto
 from node_helpers import needs_espeak, node_settings, wake_scene
 
 from gate.cli import configure_logging, main
@@ -176,8 +176,7 @@ def test_replay_publishes_through_an_embedded_broker(tmp_path):
 
 def test_replay_scores_a_scenario_against_its_labels(tmp_path):
     demo = ROOT / "datasets" / "demo"
-    if not (demo / "labels.csv").is_file():
-        pytest.skip("datasets/demo is not generated")
+    assert (demo / "labels.csv").is_file(), "committed demo scenario missing: datasets/demo/labels.csv"
     settings = node_settings(tmp_path)
     cfg = tmp_path / "t.yaml"
     cfg.write_text(f"kws:\n  model_path: {settings.kws.model_path}\n")

@@ -11,9 +11,6 @@ from gate.cli import main
 from gate.config import load_settings
 from gate.replay import replay_files, scenario_inputs
 
-pytestmark = pytest.mark.skipif(not (slice_demo.__globals__["DEMO"] / "labels.csv").is_file(),
-                                reason="datasets/demo is not generated")
-
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):

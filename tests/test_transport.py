@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mqtt_helpers import Collector, CountingProxy, free_port, mosquitto_fixture, needs_mosquitto  # noqa: F401
+from mqtt_helpers import Collector, CountingProxy, free_port, needs_mosquitto
 
 from gate import __version__
 from gate.energy import RADIO, EnergyLedger, mqtt_publish_b, wire_bytes

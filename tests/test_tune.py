@@ -3,8 +3,7 @@
 import csv
 import json
 
-import pytest
-from report_helpers import DEMO, slice_demo, standin_config
+from report_helpers import slice_demo, standin_config
 
 from gate.cli import main
 from gate.config import load_settings
@@ -25,7 +24,6 @@ def test_pareto_front_keeps_exactly_the_non_dominated_points():
         assert (p in front) != any(_dominates(q, p) for q in pts)
 
 
-@pytest.mark.skipif(not (DEMO / "labels.csv").is_file(), reason="datasets/demo is not generated")
 def test_tune_writes_a_valid_thresholds_file_and_a_non_dominated_front(tmp_path, capsys):
     d = slice_demo(tmp_path / "demo25")
     cfg = standin_config(tmp_path / "standin.yaml")
