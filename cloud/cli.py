@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated feature kinds for the tiny model (default: the recipe's feature_kinds)")
     t.add_argument("--only", default=None,
                    help="comma-separated subset of verifier,commands,tiny to train (default: all three); "
-                        "'eval' alone re-scores the tiny models already in --out on the evaluation scenes")
+                        "'eval' alone re-scores the tiny models already in --out (the shipped ones when --out "
+                        "holds no run) on the evaluation scenes")
     t.add_argument("--ship", action="store_true",
                    help="copy the models into gate/models/ and cloud/models/ (the shipped defaults) when done")
     s = sub.add_parser("ship", help="copy a finished run's models into gate/models/ and cloud/models/")

@@ -292,15 +292,20 @@ def _verifiers(out: Path, threshold: float) -> dict:
 
 
 def reevaluate(recipe: Recipe, out: Path, opts: Options) -> dict:
-    """Score the tiny models of a finished run on freshly built scenes (no training); rewrites its cards."""
-    card = json.loads((out / "card.json").read_text())
+    """Score the tiny models of a finished run on freshly built scenes (no training); rewrites its cards.
+    A directory without a run's card.json scores the shipped node models and writes their cards there."""
+    if (out / "card.json").is_file():
+        card = json.loads((out / "card.json").read_text())
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        card = {"phrase": recipe.phrase, "recipe": recipe.model_dump(mode="json"), "models": _shipped_tiny(recipe)}
     cache = opts.cache_dir or out
     eval_items = eval_plan(recipe)
-    train_r = cached_renders(cache, "train", train_plan(recipe)[0], lambda: None)
+    train_items = train_plan(recipe)[0]  # the dev scenes speak with training voices
+    train_r = cached_renders(cache, "train", train_items, lambda: corpus.synthesise(
+        train_items, workers=recipe.corpus.workers, desc="synth train"))
     eval_r = cached_renders(cache, "eval", eval_items, lambda: corpus.synthesise(
         eval_items, workers=recipe.corpus.workers, desc="synth eval"))
-    if train_r is None:
-        raise FileNotFoundError(f"{cache}: no cached training renders to build dev scenes from")
     tiny = {n: m for n, m in card["models"].items() if n.startswith("tiny_")}
     card["evaluation"] = evaluate_scenes(recipe, out, tiny, eval_r, train_r, opts)
     card["recipe"]["evaluation"] = recipe.evaluation.model_dump(mode="json")
