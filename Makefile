@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.gate-installed
 SYS_STAMP := $(VENV)/.gate-debian
 export OMP_NUM_THREADS ?= 1
-# Everything the test suite and the demo exercise: node, cloud service, PostgreSQL store, training, HTML report.
-EXTRAS ?= dev,node,cloud,postgres,train,report,wyoming
+# Everything the test suite and the demo exercise: node, cloud service, PostgreSQL store, training, HTML report,
+# federated fine-tuning (Flower).
+EXTRAS ?= dev,node,cloud,postgres,train,report,wyoming,federated
 
 .PHONY: setup sysdeps venv test bench demo loadtest train compare clean
 

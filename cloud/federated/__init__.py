@@ -1,0 +1,1 @@
+"""Federated fine-tuning of the tiny keyword spotter on Flower (`gate-cloud federate`)."""

@@ -1,0 +1,341 @@
+"""`gate-cloud federate`: a simulated fleet learns its own speakers and rooms on Flower.
+
+Each node has its own speakers (one or two of the recipe's ``eval_voices``, which the base model never
+trained on, at the node's own speaking rate and pitch), its own room (scene kind) and noise level. It
+replays a collection scene through its KWS stage; every fire becomes the segment the node would upload
+(pre-roll, phrase, command window) and the cloud verifier's verdict on it labels the windows around the
+fire in the node's feature store (gate.fedstore); background windows the model scores low join them.
+Then the Flower rounds run (cloud.federated.flower), the server requantizes the head into a new int8
+model, scores it against the base model on dev scenes of training voices, and releases it only when it
+is no worse there. Before/after figures come from each node's held-out scene (same speakers and room,
+other utterances) at the base model's tuned threshold, with gate.metrics' detection rule.
+
+Speech: espeak-ng, mbrola through it and pico2wave only (the recipe's engines), cached under
+``cache_dir`` (cloud.train.pipeline.cached_renders).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cloud.federated import flower
+from cloud.train import corpus, scenes
+from cloud.train.pipeline import _detect, _posteriors, _rng, _segment, cached_renders, verified
+from cloud.train.recipe import Recipe
+from gate.fedstore import fire_windows
+from gate.kws.config import KwsConfig
+from gate.kws.featurize import Featurizer
+from gate.segmenter import SegmenterConfig
+from gate_core import metrics
+
+log = logging.getLogger(__name__)
+SR = 16_000
+ROOMS = ("quiet_home", "noisy_kitchen", "office_babble")
+BACKGROUND_MAX_POSTERIOR = 0.2  # windows the model already rejects firmly; near-threshold ones wait for a verdict
+PI_CORE_W = 0.765  # W per busy A72 core: the figure gate/profiles/pi4.yaml prices its CPU-bound stages with
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each node says and hears (the defaults fit 20 nodes x 5 rounds in well under an hour)."""
+
+    positives: int = 36
+    speech: int = 40
+    confusables: int = 12
+    commands: int = 10
+    collect_minutes: float = 10.0
+    heldout_minutes: float = 6.0
+    keywords_per_hour: float = 150.0
+    confusables_per_hour: float = 30.0
+    dev_minutes: float = 4.0
+    epochs: int = 20
+    lr: float = 2e-3
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    index: int
+    voices: tuple[str, ...]
+    room: str
+    rate: tuple[int, int]
+    pitch: tuple[int, int]
+    level_jitter_db: float
+
+
+def node_specs(n: int, eval_voices: list[str], seed: int) -> list[NodeSpec]:
+    """Non-IID nodes: one or two held-out voices each, own rate/pitch band, room and noise jitter."""
+    rng = np.random.default_rng([seed, 17])
+    out = []
+    for i in range(n):
+        k = 1 + int(rng.random() < 0.4)
+        first = i % len(eval_voices)
+        voices = tuple(eval_voices[(first + j) % len(eval_voices)] for j in range(min(k, len(eval_voices))))
+        r0 = int(rng.integers(130, 200))
+        p0 = int(rng.integers(25, 70))
+        out.append(NodeSpec(i, voices, ROOMS[int(rng.integers(len(ROOMS)))], (r0, r0 + 20), (p0, p0 + 10),
+                            float(rng.uniform(0, 6))))
+    return out
+
+
+def _voices_by_id(recipe: Recipe) -> tuple[dict, list, list]:
+    es = corpus.engines(recipe.corpus.engines)
+    train_v, eval_v = corpus.split_voices(es, recipe.corpus.eval_voices, recipe.corpus.exclude_voices)
+    return {v.id: v for v in eval_v}, train_v, list(es.variants)
+
+
+def node_renders(recipe: Recipe, specs: list[NodeSpec], sizes: Sizes, cache: Path, workers: int) -> list[list]:
+    """Every node's utterances (one synthesis, cached): positives, speech, confusables, commands."""
+    by_id, _, _ = _voices_by_id(recipe)
+    items, owner = [], []
+    for s in specs:
+        vs = [by_id[v] for v in s.voices if v in by_id]
+        if not vs:
+            raise ValueError(f"node {s.index}: none of {s.voices} is installed")
+        part = corpus.plan(recipe.phrase, voices=vs, variants=[], rng=_rng(recipe.seed, f"fed-node{s.index}"),
+                           n_pos=sizes.positives, n_conf=sizes.confusables, n_speech=sizes.speech,
+                           n_cmd=sizes.commands, rate=s.rate, pitch=s.pitch)
+        items += part
+        owner += [s.index] * len(part)
+    tagged = [(f"{k}@{o}", u) for (k, u), o in zip(items, owner, strict=True)]
+    renders = cached_renders(cache, "fed-nodes", tagged, lambda: corpus.synthesise(
+        tagged, workers=workers, desc="synth fleet"))
+    per: list[list] = [[] for _ in specs]
+    for r in renders:
+        kind, _, o = r.kind.rpartition("@")
+        per[int(o)].append(corpus.Render(r.text, r.voice_id, kind, r.audio))
+    return per
+
+
+def dev_renders(recipe: Recipe, sizes: Sizes, cache: Path, workers: int) -> list:
+    """Training voices (as the pipeline's dev scenes): the release gate's scenes."""
+    _, train_v, variants = _voices_by_id(recipe)
+    items = corpus.plan(recipe.phrase, voices=train_v, variants=variants, rng=_rng(recipe.seed, "fed-dev"),
+                        n_pos=max(30, sizes.positives), n_conf=max(12, sizes.confusables),
+                        n_speech=max(60, sizes.speech), n_cmd=max(10, sizes.commands),
+                        rate=recipe.corpus.rate_wpm, pitch=recipe.corpus.pitch)
+    return cached_renders(cache, "fed-dev", items, lambda: corpus.synthesise(items, workers=workers, desc="synth dev"))
+
+
+def _halves(rs: list, kinds: tuple[str, ...]) -> tuple[list, list]:
+    sel = [r for r in rs if r.kind.startswith(kinds)]
+    return sel[: len(sel) // 2] or sel, sel[len(sel) // 2:] or sel
+
+
+def _scene(room: str, rs: list, minutes: float, sizes: Sizes, rng, jitter: float) -> scenes.Scene:
+    return scenes.build(room, minutes=minutes, keywords_per_hour=sizes.keywords_per_hour, rng=rng,
+                        positives=[r for r in rs if r.kind == "positive"] or [r for r in rs if "positive" in r.kind],
+                        others=[r for r in rs if r.kind == "speech"],
+                        commands=[r for r in rs if r.kind.startswith("command:")],
+                        confusables=[r for r in rs if r.kind == "confusable"],
+                        confusables_per_hour=sizes.confusables_per_hour, level_jitter_db=jitter)
+
+
+def node_scenes(recipe: Recipe, spec: NodeSpec, rs: list, sizes: Sizes) -> tuple[scenes.Scene, scenes.Scene]:
+    """(collection scene, held-out scene): same speakers and room, different utterances."""
+    a, b = [], []
+    for kinds in (("positive",), ("speech",), ("confusable",), ("command:",)):
+        x, y = _halves(rs, kinds)
+        a += x
+        b += y
+    rng_c, rng_h = _rng(recipe.seed, f"fed-collect{spec.index}"), _rng(recipe.seed, f"fed-heldout{spec.index}")
+    return (_scene(spec.room, a, sizes.collect_minutes, sizes, rng_c, spec.level_jitter_db),
+            _scene(spec.room, b, sizes.heldout_minutes, sizes, rng_h, spec.level_jitter_db))
+
+
+def collect(root: Path, scene: scenes.Scene, cfg: KwsConfig, verifier, *, seed: int) -> dict:
+    """Replay ``scene`` through the node's KWS; each fire's segment goes to the verifier and its verdict
+    labels the windows in the node's store. Returns what was collected."""
+    store = flower.open_store(root, cfg.model_path)
+    fz = Featurizer(cfg.feature_kind)
+    frames = store.frames
+    scored = _posteriors(cfg, scene)
+    fires = _detect(cfg, scored)
+    after = SegmenterConfig().command_window_s
+    accepted = segment_bytes = 0
+    for j, t in enumerate(fires):
+        seg, fire_in = _segment(audio=scene.audio, t=t, after_s=after)
+        ok = bool(verified(verifier, scene.audio, t))
+        store.hold(f"seg{j}", fire_windows(fz, seg, fire_in, frames, accepted=ok), audio_bytes=seg.size * 2)
+        store.verdict(f"seg{j}", ok)
+        accepted += ok
+        segment_bytes += seg.size * 2
+    # Background: a share of windows the model scores firmly low, away from any fire.
+    rng = np.random.default_rng(seed)
+    fire_t = np.asarray(fires)
+    cand = [s.t_s for s in scored if s.posterior < BACKGROUND_MAX_POSTERIOR and s.t_s > 1.2
+            and (not fire_t.size or np.min(np.abs(fire_t - s.t_s)) > 2.0)]
+    # About three background windows per labelled one (at least 100), within the store's background share.
+    n_bg = min(store.background_cap, len(cand), max(100, 3 * len(store.x)))
+    picks = sorted(rng.choice(len(cand), size=n_bg, replace=False)) if n_bg else []
+    bg = []
+    for i in picks:
+        t = cand[i]
+        a = int((t - 1.3) * SR)
+        f = fz.compute(scene.audio[max(0, a):int(t * SR)])
+        if f.shape[0] >= frames:
+            bg.append(f[-frames:])
+    if bg:
+        store.add_background(np.stack(bg))
+    return {"fires": len(fires), "accepted": accepted, "rejected": len(fires) - accepted,
+            "segment_audio_bytes": segment_bytes, **store.counts}
+
+
+def score_scene(cfg: KwsConfig, scene: scenes.Scene) -> metrics.Score:
+    return scene_scores(cfg, scene)[0]
+
+
+def scene_scores(cfg: KwsConfig, scene: scenes.Scene) -> tuple[metrics.Score, float]:
+    """The detection score at ``cfg``'s threshold, and the mean over wake words of the highest posterior
+    inside each one's detection window (how sure the model is of the node's own speakers, threshold aside)."""
+    scored = _posteriors(cfg, scene)
+    t = np.array([s.t_s for s in scored])
+    p = np.array([s.posterior for s in scored])
+    peaks = [float(p[(t >= w.lo) & (t <= w.hi)].max(initial=0.0)) for w in metrics.span_windows(scene.keywords)]
+    return (metrics.span_score(_detect(cfg, scored), scene.keywords, scene.hours),
+            float(np.mean(peaks)) if peaks else 0.0)
+
+
+def no_worse(base: metrics.Score, new: metrics.Score) -> bool:
+    """The release gate: no more misses and no more false accepts than the base model on the same scenes."""
+    return (new.keywords - new.hits) <= (base.keywords - base.hits) and new.false_accepts <= base.false_accepts
+
+
+def federate(recipe: Recipe, out: Path, *, nodes: int, rounds: int, mu: float = 0.01, trainable: str = "pw+fc",
+             sizes: Sizes = Sizes(), cache_dir: Path | None = None, base_model: Path | None = None,
+             seed: int | None = None, release=None) -> dict:
+    """The whole run; writes ``out/federated.json`` (and the released model when it passes) and returns it."""
+    from cloud.federated.quantize import with_head
+    from cloud.verifier import Verifier
+    from gate.kws.stage import default_model_path, tuned_threshold
+
+    t_start = time.time()
+    seed = recipe.seed if seed is None else seed
+    out.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir or out / "cache"
+    base_model = Path(base_model or default_model_path("logmel"))
+    threshold = tuned_threshold(base_model)
+    base_cfg = KwsConfig(model_path=str(base_model), feature_kind="logmel", threshold=threshold)
+    workers = recipe.corpus.workers
+    specs = node_specs(nodes, list(recipe.corpus.eval_voices), seed)
+    per = node_renders(recipe, specs, sizes, cache, workers)
+    fleet = out / "fleet"
+    verifier = Verifier(threshold=recipe.evaluation.verifier_threshold)
+    report: dict = {"nodes": nodes, "rounds": rounds, "strategy": "FedProx" if mu > 0 else "FedAvg",
+                    "proximal_mu": mu, "trainable": trainable, "threshold": threshold, "base_model": str(base_model),
+                    "sizes": asdict(sizes), "per_node": []}
+    heldout = []
+    t0 = time.time()
+    for spec, rs in zip(specs, per, strict=True):
+        root = flower.node_dir(fleet, spec.index)
+        if (root / "store").exists():
+            for f in (root / "store").iterdir():
+                f.unlink()
+        col, held = node_scenes(recipe, spec, rs, sizes)
+        got = collect(root, col, base_cfg, verifier, seed=seed + spec.index)
+        heldout.append(held)
+        report["per_node"].append({"node": spec.index, "voices": list(spec.voices), "room": spec.room,
+                                   "rate_wpm": list(spec.rate), "pitch": list(spec.pitch),
+                                   "collected": got, **_scored("before", base_cfg, held)})
+    report["collect_s"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    result = flower.run(fleet_dir=fleet, base_model=base_model, nodes=nodes, rounds=rounds, mu=mu,
+                        epochs=sizes.epochs, lr=sizes.lr, trainable=trainable, seed=seed)
+    report["flower_s"] = round(time.time() - t0, 1)
+    new_bytes = with_head(base_model.read_bytes(), result["head"])
+    candidate = out / "candidate" / "kws_logmel.tflite"
+    candidate.parent.mkdir(parents=True, exist_ok=True)
+    candidate.write_bytes(new_bytes)
+    card = json.loads(base_model.with_suffix(".json").read_text())
+    card.update({"federated": {"base_sha256": _sha(base_model.read_bytes()), "nodes": nodes, "rounds": rounds,
+                               "strategy": report["strategy"], "trainable": trainable},
+                 "detector": {"threshold": threshold}})
+    candidate.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    new_cfg = base_cfg.model_copy(update={"model_path": str(candidate)})
+
+    # Per node after, on its own held-out scene, at the same threshold.
+    for row, held in zip(report["per_node"], heldout, strict=True):
+        row.update(_scored("after", new_cfg, held))
+    report["rounds_detail"] = _rounds(result["rounds"])
+    for row in report["per_node"]:
+        mine = [m for r in result["rounds"] for m in r if int(m["partition"]) == row["node"]]
+        cpu = sum(float(m["cpu-s"]) for m in mine)
+        row["update_bytes_per_round"] = int(mine[0]["update-bytes"]) if mine else 0
+        row["train_cpu_s"] = round(cpu, 3)
+        row["train_j_pi4"] = round(cpu * PI_CORE_W, 3)
+    report["overall"] = _overall(report["per_node"])
+
+    # The release gate: dev scenes of training voices, base against candidate.
+    t0 = time.time()
+    dev_r = dev_renders(recipe, sizes, cache, workers)
+    dev = [_scene(room, dev_r, sizes.dev_minutes, sizes, _rng(seed, f"fed-dev{room}"), 0.0) for room in ROOMS]
+    b = metrics.combine(score_scene(base_cfg, s) for s in dev)
+    n = metrics.combine(score_scene(new_cfg, s) for s in dev)
+    passed = no_worse(b, n)
+    report["release_gate"] = {"dev_scenes": list(ROOMS), "dev_minutes_each": sizes.dev_minutes,
+                              "base": b.as_dict(), "candidate": n.as_dict(), "released": passed}
+    report["release"] = release_model(out, new_bytes, card, passed, release)
+    report["gate_s"] = round(time.time() - t0, 1)
+    report["total_s"] = round(time.time() - t_start, 1)
+    flower.write_json(out / "federated.json", report)
+    return report
+
+
+def _scored(key: str, cfg: KwsConfig, scene: scenes.Scene) -> dict:
+    score, peak = scene_scores(cfg, scene)
+    return {key: {**score.as_dict(), "keyword_peak_mean": round(peak, 4)}}
+
+
+def release_model(out: Path, model: bytes, card: dict, passed: bool, release=None) -> dict:
+    """Hand a model that passed the gate to the release path: ``release(model_bytes, card)`` when given
+    (the signed OTA publisher), else the model and its card are written to ``out/release/``."""
+    if not passed:
+        return {"released": False, "reason": "worse than the base model on the dev scenes"}
+    if release is not None:
+        return {"released": True, **(release(model, card) or {})}
+    d = out / "release"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "kws_logmel.tflite").write_bytes(model)
+    (d / "kws_logmel.json").write_text(json.dumps(card, indent=2) + "\n")
+    return {"released": True, "path": str(d / "kws_logmel.tflite"), "sha256": _sha(model),
+            "note": "written for the release path (gate-cloud release) to sign and publish"}
+
+
+def _sha(b: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(b).hexdigest()
+
+
+def _rounds(rounds: list[list[dict]]) -> list[dict]:
+    return [{"round": i + 1, "nodes": len(r), "update_bytes": int(sum(float(m["update-bytes"]) for m in r)),
+             "mean_loss_last": round(float(np.mean([float(m["loss-last"]) for m in r])), 4) if r else None}
+            for i, r in enumerate(rounds)]
+
+
+def _overall(rows: list[dict]) -> dict:
+    def tot(key: str) -> dict:
+        kw = sum(r[key]["keywords"] for r in rows)
+        hits = sum(r[key]["hits"] for r in rows)
+        fa = sum(r[key]["false_accepts"] for r in rows)
+        hours = sum(r[key]["non_wake_hours"] for r in rows)
+        return {"keywords": kw, "misses": kw - hits, "miss_rate": round(1 - hits / kw, 4) if kw else 0.0,
+                "false_accepts": fa, "fa_per_hour": round(fa / hours, 3) if hours else 0.0}
+
+    before, after = tot("before"), tot("after")
+    worse = [r["node"] for r in rows if (r["after"]["keywords"] - r["after"]["hits"]) > (r["before"]["keywords"] -
+             r["before"]["hits"]) or r["after"]["false_accepts"] > r["before"]["false_accepts"]]
+    audio = sum(r["collected"]["segment_audio_bytes"] for r in rows)
+    upd = [r["update_bytes_per_round"] for r in rows]
+    return {"before": before, "after": after,
+            "miss_reduction": round(1 - after["misses"] / before["misses"], 4) if before["misses"] else None,
+            "nodes_worse": worse, "segment_audio_bytes_total": audio,
+            "update_bytes_per_node_per_round": int(np.median(upd)) if upd else 0,
+            "train_cpu_s_total": round(sum(r["train_cpu_s"] for r in rows), 2),
+            "train_j_pi4_total": round(sum(r["train_j_pi4"] for r in rows), 2)}

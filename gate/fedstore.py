@@ -1,0 +1,166 @@
+"""The node's federated-learning store: feature windows labelled by the cascade, never audio.
+
+A segment the cloud accepted is a positive, one it rejected is a hard negative. When the node
+publishes a segment it computes the tiny model's input windows around the fire (``windows_at``)
+and holds them, in memory, under the segment id; the verdict labels them and moves them to a
+size-capped ring on disk (oldest overwritten). Background windows (audio the model already scores
+low, sampled now and then) go to a second ring capped at ``background_share`` of the capacity.
+Windows are stored int8, quantized as the model's input is (so 100 x 40 frames are 4000 bytes),
+and the store survives a restart: it is one ``.npz`` replaced atomically on every change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+POSITIVE, NEGATIVE = 1, 0
+# Window ends around the fire, s: the detector fires just after the phrase, so positives stay close to
+# it; a rejected segment's windows are all negatives, over a wider span.
+POSITIVE_OFFSETS_S = (-0.09, -0.06, -0.03, 0.0, 0.03, 0.06, 0.09)
+NEGATIVE_OFFSETS_S = (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)
+MAX_PENDING = 64  # segments awaiting a verdict; the oldest is forgotten past this
+
+
+@dataclass(frozen=True, slots=True)
+class Quant:
+    """The model input's int8 quantization (scale, zero point)."""
+
+    scale: float
+    zero_point: int
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(np.asarray(x, np.float32) / self.scale) + self.zero_point, -128, 127).astype(np.int8)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return (np.asarray(q, np.float32) - self.zero_point) * self.scale
+
+
+def windows_at(feats: np.ndarray, end_frames: list[int], frames: int) -> np.ndarray:
+    """``frames``-long windows of ``feats`` ending (exclusive) at each of ``end_frames``; windows that
+    would start before the first frame are left out."""
+    out = [feats[e - frames:e] for e in end_frames if frames <= e <= feats.shape[0]]
+    return np.stack(out) if out else np.zeros((0, frames, feats.shape[1]), feats.dtype)
+
+
+def fire_windows(featurizer, samples: np.ndarray, fire_s: float, frames: int, accepted: bool | None = None,
+                 offsets_s: tuple[float, ...] | None = None) -> np.ndarray:
+    """Float feature windows of a segment (``samples``) ending around its fire at ``fire_s`` into it."""
+    feats = featurizer.compute(np.asarray(samples))
+    if offsets_s is None:
+        offsets_s = NEGATIVE_OFFSETS_S if accepted is False else POSITIVE_OFFSETS_S
+    ends = sorted({int(round((fire_s + o) / featurizer.period_s)) for o in offsets_s})
+    return windows_at(feats, ends, frames)
+
+
+class FeatureStore:
+    """Labelled int8 feature windows on disk (``root/fedstore.npz``), bounded by ``capacity`` windows."""
+
+    def __init__(self, root: str | Path, *, capacity: int, frames: int, dim: int, quant: Quant,
+                 background_share: float = 0.3) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if not 0.0 <= background_share < 1.0:
+            raise ValueError("background_share must be in [0, 1)")
+        self.root = Path(root)
+        self.path = self.root / "fedstore.npz"
+        self.capacity = int(capacity)
+        self.background_cap = int(round(capacity * background_share))
+        self.labelled_cap = self.capacity - self.background_cap
+        self.frames, self.dim, self.quant = int(frames), int(dim), quant
+        self._pending: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        empty = np.zeros((0, self.frames, self.dim), np.int8)
+        self.x, self.y = empty, np.zeros(0, np.int8)        # labelled ring
+        self.bg = empty.copy()                               # background ring (all negatives)
+        self.labelled_bytes_in = 0   # audio bytes of the segments whose verdicts labelled windows here
+        if self.path.is_file():
+            self._load()
+
+    # -- the node's hooks ---------------------------------------------------------------------
+
+    def hold(self, segment_id: str, windows: np.ndarray, audio_bytes: int = 0) -> None:
+        """Windows of a published segment, until its verdict arrives (memory only, bounded)."""
+        self._pending[segment_id] = (self._q(windows), int(audio_bytes))
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)
+
+    def verdict(self, segment_id: str, accepted: bool) -> int:
+        """Label the held windows of ``segment_id``; returns how many joined the store (0: none held)."""
+        held = self._pending.pop(segment_id, None)
+        if held is None:
+            return 0
+        q, audio_bytes = held
+        self.add(q, np.full(len(q), POSITIVE if accepted else NEGATIVE, np.int8), audio_bytes=audio_bytes)
+        return len(q)
+
+    def on_verdict(self, verdict) -> int:
+        """A transport ``on_verdict`` callback's body: a ``Verdict`` with ``segment_id`` and ``accepted``."""
+        return self.verdict(verdict.segment_id, bool(verdict.accepted))
+
+    # -- the store ------------------------------------------------------------------------------
+
+    def add(self, windows: np.ndarray, labels: np.ndarray, *, audio_bytes: int = 0) -> None:
+        q = self._q(windows)
+        self.x = np.concatenate([self.x, q])[-self.labelled_cap:] if self.labelled_cap else self.x
+        self.y = np.concatenate([self.y, np.asarray(labels, np.int8)])[-self.labelled_cap:] if self.labelled_cap \
+            else self.y
+        self.labelled_bytes_in += int(audio_bytes)
+        self._save()
+
+    def add_background(self, windows: np.ndarray) -> None:
+        if not self.background_cap:
+            return
+        self.bg = np.concatenate([self.bg, self._q(windows)])[-self.background_cap:]
+        self._save()
+
+    def dataset(self) -> tuple[np.ndarray, np.ndarray]:
+        """(int8 windows, labels) of every stored window, background ones as negatives."""
+        x = np.concatenate([self.x, self.bg])
+        y = np.concatenate([self.y, np.zeros(len(self.bg), np.int8)])
+        return x, y
+
+    def __len__(self) -> int:
+        return len(self.x) + len(self.bg)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"positives": int(np.sum(self.y == POSITIVE)), "hard_negatives": int(np.sum(self.y == NEGATIVE)),
+                "background": len(self.bg), "capacity": self.capacity,
+                "bytes_on_disk": self.path.stat().st_size if self.path.is_file() else 0}
+
+    def _q(self, windows: np.ndarray) -> np.ndarray:
+        w = np.asarray(windows)
+        if w.ndim != 3 or w.shape[1:] != (self.frames, self.dim):
+            raise ValueError(f"windows of shape {w.shape[1:]}; the store keeps ({self.frames}, {self.dim})")
+        return w if w.dtype == np.int8 else self.quant.quantize(w)
+
+    def _save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta = {"frames": self.frames, "dim": self.dim, "scale": self.quant.scale,
+                "zero_point": self.quant.zero_point, "labelled_bytes_in": self.labelled_bytes_in}
+        tmp = self.path.with_suffix(".tmp.npz")
+        with tmp.open("wb") as f:
+            np.savez(f, x=self.x, y=self.y, bg=self.bg, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def _load(self) -> None:
+        with np.load(self.path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if (meta["frames"], meta["dim"]) != (self.frames, self.dim):
+                raise ValueError(f"{self.path}: windows of ({meta['frames']}, {meta['dim']}), "
+                                 f"the model takes ({self.frames}, {self.dim})")
+            x, y, bg = z["x"], z["y"], z["bg"]
+        if (meta["scale"], meta["zero_point"]) != (self.quant.scale, self.quant.zero_point):
+            old = Quant(float(meta["scale"]), int(meta["zero_point"]))
+            x, bg = self.quant.quantize(old.dequantize(x)), self.quant.quantize(old.dequantize(bg))
+        self.x, self.y = x[-self.labelled_cap:] if self.labelled_cap else x[:0], \
+            y[-self.labelled_cap:] if self.labelled_cap else y[:0]
+        self.bg = bg[-self.background_cap:] if self.background_cap else bg[:0]
+        self.labelled_bytes_in = int(meta.get("labelled_bytes_in", 0))
