@@ -100,7 +100,7 @@ class _Node:
 
 
 def _segments(n: int, base: np.ndarray, detect_s: float, seed: int) -> list[tuple[str, bytes]]:
-    from gate.wire import SegmentHeader, new_id, pcm_sha256
+    from gate_core.wire import SegmentHeader, new_id, pcm_sha256
 
     rng = np.random.default_rng(seed)
     out = []
@@ -114,7 +114,7 @@ def _segments(n: int, base: np.ndarray, detect_s: float, seed: int) -> list[tupl
 
 
 def _publish(node: _Node, segs, *, pace_hz: float | None) -> tuple[list[str], dict[str, float]]:
-    from gate.wire import encode_segment
+    from gate_core.wire import encode_segment
 
     ids, sent = [], {}
     for h, x in segs:
@@ -173,7 +173,7 @@ def _stop(proc: subprocess.Popen, summary: Path) -> dict:
 
 
 def _throughput(tmp, port, node, base, detect_s, workers: int) -> tuple[float, dict]:
-    from gate.wire import encode_segment
+    from gate_core.wire import encode_segment
 
     proc, summary_path = _serve(tmp, port, workers, f"burst{workers}")
     try:

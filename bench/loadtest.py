@@ -44,7 +44,8 @@ log = logging.getLogger("loadtest")
 def demo_segments(scenario: Path) -> list[bytes]:
     """Segments the node's cascade cuts from ``scenario`` (the shipped KWS), as framed payloads."""
     from gate.config import GateSettings
-    from gate.replay import load_kws, replay_file, scenario_inputs
+    from gate.replay import load_kws, replay_file
+    from sensors.scenario import scenario_inputs
 
     settings = GateSettings()
     kws, why = load_kws(settings)
@@ -109,7 +110,7 @@ def start_fleet(n: int, host: str, port: int, spool_root: Path, window: int) -> 
 def publish_schedule(nodes: list[SimNode], templates: list[bytes], *, per_node: int, publish_s: float,
                      deadline: float, seed: int) -> int:
     """Each node sends ``per_node`` segments evenly over ``publish_s`` from a random phase; returns how many."""
-    from gate.wire import new_id, rewrite_header
+    from gate_core.wire import new_id, rewrite_header
 
     rng = np.random.default_rng(seed)
     interval = publish_s / per_node

@@ -36,7 +36,7 @@ def _scene() -> tuple[np.ndarray, str]:
     from sensors.wavfile import read_audio
 
     if (DEMO / "scenario.json").is_file():
-        from gate.replay import scenario_inputs
+        from sensors.scenario import scenario_inputs
 
         path, _ = scenario_inputs(DEMO)
         return read_audio(path), str(path.relative_to(ROOT))
@@ -90,7 +90,7 @@ def _live(settings, audio: np.ndarray) -> dict:
 
     from gate.node import PacedSource, run_node
     from gate.transport.broker import EmbeddedBroker
-    from gate.wire import decode_segment
+    from gate_core.wire import decode_segment
 
     with EmbeddedBroker() as broker:
         arrivals: list[tuple[float, bytes]] = []

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from cloud.service.cli import add_serve_parser, serve
-from gate import __version__
-from gate.cliutil import Parser, boundary, fail, input_dir, input_file, number, output_dir, parse
+from gate_core import __version__
+from gate_core.cliutil import Parser, boundary, fail, input_dir, input_file, number, output_dir, parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the models into gate/models/ and cloud/models/ (the shipped defaults) when done")
     s = sub.add_parser("ship", help="copy a finished run's models into gate/models/ and cloud/models/")
     s.add_argument("run_dir", type=input_dir, help="the --out directory of a `gate-cloud train` run")
+    f = sub.add_parser("federate", help="simulate a fleet that fine-tunes the tiny KWS on Flower (its own speakers, "
+                                        "rooms and labels from the cascade), quantize, gate on dev scenes, release")
+    f.add_argument("--nodes", type=number(lo=2, hi=200, integer=True), default=20, help="simulated nodes (>= 2)")
+    f.add_argument("--rounds", type=number(lo=1, hi=100, integer=True), default=5, help="Flower rounds")
+    f.add_argument("--out", required=True, type=output_dir, help="output directory (federated.json, models)")
+    f.add_argument("--recipe", type=input_file, default=Path("datasets/recipes/hey_jarvis.yaml"),
+                   help="training recipe: phrase, engines and the held-out voices the nodes speak with")
+    f.add_argument("--mu", type=number(lo=0, hi=10), default=0.01, help="FedProx proximal weight (0 = FedAvg)")
+    f.add_argument("--layers", choices=["pw+fc", "fc"], default="pw+fc",
+                   help="what the nodes train: the last pointwise convolution and the classifier, or the classifier")
+    f.add_argument("--collect-minutes", type=number(lo=0, lo_open=True, hi=240), default=None,
+                   help="each node's collection scene length (default 10)")
+    f.add_argument("--heldout-minutes", type=number(lo=0, lo_open=True, hi=240), default=None,
+                   help="each node's held-out scene length (default 6)")
+    f.add_argument("--cache-dir", type=output_dir, default=None,
+                   help="keep synthesised speech here for reruns (default: out/cache/federated)")
     add_serve_parser(sub)
     return p
 
@@ -82,6 +98,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from cloud.federated.fleet import Sizes, federate
+    from cloud.train.recipe import load_recipe
+
+    sizes = Sizes()
+    if args.collect_minutes is not None:
+        sizes = replace(sizes, collect_minutes=args.collect_minutes)
+    if args.heldout_minutes is not None:
+        sizes = replace(sizes, heldout_minutes=args.heldout_minutes)
+    report = federate(load_recipe(args.recipe), args.out, nodes=args.nodes, rounds=args.rounds, mu=args.mu,
+                      trainable=args.layers, sizes=sizes, cache_dir=args.cache_dir or Path("out/cache/federated"))
+    print(json.dumps({"overall": report["overall"], "release_gate": report["release_gate"],
+                      "release": report["release"], "total_s": report["total_s"]}, indent=2))
+    print(f"wrote {args.out}/federated.json", file=sys.stderr)
+    return 0
+
+
 def _ship(run_dir: Path) -> int:
     from cloud.train.ship import ship
 
@@ -99,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    commands = {"train": _train, "ship": lambda a: _ship(a.run_dir), "serve": serve}
+    commands = {"train": _train, "ship": lambda a: _ship(a.run_dir), "serve": serve, "federate": _federate}
     return boundary(f"gate-cloud {args.command}", lambda: commands[args.command](args))
 
 if __name__ == "__main__":

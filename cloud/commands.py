@@ -1,6 +1,6 @@
 """Cloud inference: the command recogniser for the phrase that follows the wake word.
 
-Classes are the commands of gate.vocabulary plus "_unknown" (other speech) and "_silence"; the
+Classes are the commands of gate_core.vocabulary plus "_unknown" (other speech) and "_silence"; the
 model card lists them in output order, so the vocabulary can grow without code changes here.
 """
 
@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from cloud.serve_config import COMMAND_READ_OFFSETS_S as DEFAULT_READ_OFFSETS_S
 from cloud.verifier import CARD_NEEDED, MODELS_DIR, read_card, window
 from gate.kws.featurize import Featurizer
 from gate.kws.interpreter import ModelError, TFLiteModel
+from gate_core.cloud_config import COMMAND_READ_OFFSETS_S as DEFAULT_READ_OFFSETS_S
 
 DEFAULT_COMMANDS = MODELS_DIR / "commands.tflite"
 
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
-    name: str | None   # a command of gate.vocabulary, or None for unknown speech / silence
+    name: str | None   # a command of gate_core.vocabulary, or None for unknown speech / silence
     label: str         # the class the model chose (incl. "_unknown", "_silence")
     confidence: float
     read_offset_s: float = 0.0  # which of the reads won, seconds after the given start

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gate import metrics
 from cloud.train.scenes import Scene
-from gate.errors import GateError
 from gate.kws.config import KwsConfig
-from gate.kws.detector import Detector
 from gate.kws.featurize import MEL_KINDS
 from gate.kws.stage import KeywordSpotter, default_model_path, read_card, tuned_threshold
+from gate_core import metrics
+from gate_core.detector import Detector
+from gate_core.errors import GateError
 
 SR = 16_000
 # MCU pricing for the two input paths (ENERGY.md): about 0.38 nJ per MAC on a Cortex-M33 (MLPerf Tiny
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.from_json:
         print(f"wrote {args.out}")
     if args.html:
-        from gate.report import atomic_write_text
+        from gate_core.cliutil import atomic_write_text
 
         args.html.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.html, render_html(report))

@@ -30,11 +30,11 @@ import numpy as np
 import soundfile as sf
 
 from cloud.train import augment
-from gate import metrics
 from cloud.train.corpus import Render, random_sentence
 from cloud.train.scenes import Scene
-from gate.errors import GateError
-from gate.vocabulary import COMMANDS
+from gate_core import metrics
+from gate_core.errors import GateError
+from gate_core.vocabulary import COMMANDS
 from sensors.synth import confusables, noise
 from sensors.synth.tts import trim_silence
 from sensors.wavfile import resample

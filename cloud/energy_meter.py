@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cloud.serve_config import ServerPowerConfig
-from gate.energy.model import J_PER_KWH
+from gate_core.cloud_config import ServerPowerConfig
+from gate_core.ledger import J_PER_KWH
 
 
 @dataclass(frozen=True, slots=True)

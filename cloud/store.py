@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from gate.errors import GateError
+from gate_core.errors import GateError
 
 SCHEMA_VERSION = 1
 

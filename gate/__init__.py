@@ -1,3 +1,3 @@
 """gate: the node side of the wake-word gating cascade."""
 
-__version__ = "0.1.0"
+from gate_core import __version__  # noqa: F401  (one version for the project)

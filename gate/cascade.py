@@ -27,7 +27,7 @@ import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -43,11 +43,14 @@ from gate.energy import (
     LedgerSnapshot,
     load_profile,
 )
-from gate.kws.detector import Detection
 from gate.segmenter import Segment, Segmenter
-from gate.wire import new_id
+from gate_core.detector import Detection
+from gate_core.wire import new_id
 from sensors.analog.events import GateEvent
 from sensors.analog.frontend import AnalogFrontEnd
+
+if TYPE_CHECKING:
+    from gate.config import GateSettings
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +158,9 @@ class Cascade:
         self.reset()
 
     @classmethod
-    def from_config(cls, settings: Any, *, ledger: EnergyLedger | None = None, publisher: Publisher | None = None,
-                    kws: Spotter | None | str = "auto", node_id: str | None = None, boot_id: str | None = None,
+    def from_config(cls, settings: GateSettings, *, ledger: EnergyLedger | None = None,
+                    publisher: Publisher | None = None, kws: Spotter | None | str = "auto",
+                    node_id: str | None = None, boot_id: str | None = None,
                     wall_clock: Callable[[], float] | None = None, adc_startup_s: float | None = None,
                     on_segment: Callable[[Published], None] | None = None,
                     second_stage: Checker | None | str = "auto") -> Cascade:
@@ -250,7 +254,7 @@ class Cascade:
         self._charge()
         return out
 
-    def reconfigure(self, settings: Any, *, kws: Spotter | None | str = "auto",
+    def reconfigure(self, settings: GateSettings, *, kws: Spotter | None | str = "auto",
                     second_stage: Checker | None | str = "auto") -> None:
         """New analog, kws and segmenter settings between segments, keeping the audio clock.
 
@@ -396,13 +400,13 @@ class Cascade:
         return {k: getattr(self._n, k) for k in self._n.__slots__}
 
 
-def load_second_stage(settings: Any) -> Checker | None:
+def load_second_stage(settings: GateSettings) -> Checker | None:
     """The configured on-node second stage, or None when ``kws.second_stage.enabled`` is off. A profile
     that does not price the stage (MCU-class nodes, which cannot run it) is refused, naming the profile."""
     cfg = settings.kws.second_stage
     if not cfg.enabled:
         return None
-    from gate.errors import ConfigError
+    from gate_core.errors import ConfigError
 
     if SECOND_STAGE not in load_profile(settings.energy.profile).stages:
         raise ConfigError(f"kws.second_stage.enabled: energy profile {settings.energy.profile!r} does not price "

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gate import __version__
-from gate.cliutil import (
+from gate_core.cliutil import (
     EXIT_FAIL,
     EXIT_OK,
     EXIT_USAGE,
@@ -232,7 +232,7 @@ def _check_profile(name_or_path: str) -> None:
 
 
 def _inputs(files: list[str], scenarios: list[Path]) -> tuple[list[Path], dict | None]:
-    from gate.replay import scenario_inputs
+    from sensors.scenario import scenario_inputs
 
     paths = [Path(f) for f in files]
     if not scenarios:

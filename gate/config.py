@@ -17,13 +17,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError
 
-from cloud.serve_config import CloudConfig
-from gate.errors import ConfigError
 from gate.kws.config import KwsConfig
-from gate.node import NodeConfig
 from gate.segmenter import SegmenterConfig
-from gate.strict import Strict
 from gate.transport.config import MqttConfig
+from gate_core.cloud_config import CloudConfig
+from gate_core.errors import ConfigError
+from gate_core.strict import Strict
 from sensors.analog.config import AnalogConfig
 
 ENV_PREFIX = "GATE_"
@@ -31,6 +30,28 @@ ENV_NESTING = "__"
 # GATE_ variables that are not settings (e.g. where the file is), so never taken as overrides.
 ENV_RESERVED = frozenset({"GATE_THRESHOLDS", "GATE_LOG_LEVEL"})
 SCHEMA_VERSION = 1
+
+
+
+class NodeConfig(Strict):
+    """The live node: which microphone, how it is read, and how often the node reports."""
+
+    device: int | str | None = Field(
+        None, description="Input device: PortAudio index or part of its name (e.g. 'pulse'); null = default input")
+    channels: int = Field(1, ge=1, le=32, description="Channels to capture; more than one are averaged to mono")
+    samplerate: int | None = Field(
+        None, ge=8000, le=192000,
+        description="Capture rate, Hz; null = 16000 if the device supports it, else its default rate (resampled)")
+    blocksize_ms: float = Field(20.0, ge=2.0, le=500.0, description="PortAudio block, ms of audio per callback")
+    queue_s: float = Field(
+        2.0, ge=0.1, le=60.0, description="Audio the capture queue holds before blocks are dropped (and counted), s")
+    batch_ms: float = Field(
+        100.0, ge=0.0, le=1000.0,
+        description="Audio gathered before each cascade call, ms: the front end costs about the same per call "
+                    "whatever its size, so batching cuts CPU; adds at most this much latency")
+    heartbeat_s: float = Field(30.0, ge=1.0, le=3600.0, description="Heartbeat period on the audio clock, s")
+    flush_timeout_s: float = Field(
+        5.0, ge=0.0, le=300.0, description="On stop, how long to wait for spooled segments to be acknowledged, s")
 
 
 class AudioConfig(Strict):

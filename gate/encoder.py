@@ -1,4 +1,4 @@
-"""Encoder stage: Segment -> framed wire message (JSON header + FLAC/PCM), via gate.wire only."""
+"""Encoder stage: Segment -> framed wire message (JSON header + FLAC/PCM), via gate_core.wire only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gate.segmenter import Segment
-from gate.wire import PREFIX_BYTES, SegmentHeader, encode_segment, new_id, pcm_sha256
+from gate_core.wire import PREFIX_BYTES, SegmentHeader, encode_segment, new_id, pcm_sha256
 
 
 @dataclass(frozen=True, slots=True)

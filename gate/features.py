@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gate.audio import SAMPLE_RATE
+from gate_core.audio import SAMPLE_RATE
 
 LOG_FLOOR = 1e-6  # power floor before the log: about -60 dB re full scale per band, below any mic's noise
 

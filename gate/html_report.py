@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from gate.report import atomic_write_text
+from gate_core.cliutil import atomic_write_text
 
 PIPELINE_LABELS = {"always_stream": "always-stream", "always_on_kws": "always-on KWS", "cascade": "cascade"}
 STAGE_COLOURS = {"analog_gate": "#8c564b", "adc": "#1f77b4", "features_kws": "#ff7f0e", "encoder": "#9467bd",

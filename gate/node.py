@@ -17,37 +17,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from pydantic import Field
 
-from gate.strict import Strict
+from gate.config import GateSettings, SettingsError, load_settings
+from gate.energy import EnergyLedger
+from gate.transport.spool import Spool
+from gate_core.wire import Verdict
+
+if TYPE_CHECKING:
+    from gate.cascade import Cascade, CascadeOutput
+    from gate.transport.mqtt import MqttTransport
 
 log = logging.getLogger(__name__)
-
-
-class NodeConfig(Strict):
-    """The live node: which microphone, how it is read, and how often the node reports."""
-
-    device: int | str | None = Field(
-        None, description="Input device: PortAudio index or part of its name (e.g. 'pulse'); null = default input")
-    channels: int = Field(1, ge=1, le=32, description="Channels to capture; more than one are averaged to mono")
-    samplerate: int | None = Field(
-        None, ge=8000, le=192000,
-        description="Capture rate, Hz; null = 16000 if the device supports it, else its default rate (resampled)")
-    blocksize_ms: float = Field(20.0, ge=2.0, le=500.0, description="PortAudio block, ms of audio per callback")
-    queue_s: float = Field(
-        2.0, ge=0.1, le=60.0, description="Audio the capture queue holds before blocks are dropped (and counted), s")
-    batch_ms: float = Field(
-        100.0, ge=0.0, le=1000.0,
-        description="Audio gathered before each cascade call, ms: the front end costs about the same per call "
-                    "whatever its size, so batching cuts CPU; adds at most this much latency")
-    heartbeat_s: float = Field(30.0, ge=1.0, le=3600.0, description="Heartbeat period on the audio clock, s")
-    flush_timeout_s: float = Field(
-        5.0, ge=0.0, le=300.0, description="On stop, how long to wait for spooled segments to be acknowledged, s")
 
 
 class Source(Protocol):
@@ -115,8 +101,8 @@ class NodeStats:
 class Node:
     """Source -> Cascade -> transport, with heartbeats, live reloads and a bounded, clean stop."""
 
-    def __init__(self, *, settings: Any, cascade: Any, source: Source, transport: Any | None,
-                 config_path: str | None = None, load: Callable[[str | None], Any] | None = None) -> None:
+    def __init__(self, *, settings: GateSettings, cascade: Cascade, source: Source, transport: MqttTransport | None,
+                 config_path: str | None = None, load: Callable[[str | None], GateSettings] | None = None) -> None:
         self.settings = settings
         self.cascade = cascade
         self.source = source
@@ -125,7 +111,7 @@ class Node:
         self._load = load
         self.stop_event = threading.Event()
         self._reload_requested = threading.Event()
-        self._pending_settings: Any | None = None
+        self._pending_settings: GateSettings | None = None
         self._next_heartbeat_s = settings.node.heartbeat_s
         self._keepalive_t_s = 0.0
         self._batch = int(settings.node.batch_ms * settings.audio.sample_rate / 1000)
@@ -187,7 +173,7 @@ class Node:
         if self.cascade.t_s >= self._next_heartbeat_s:
             self._heartbeat()
 
-    def _handle(self, out: Any) -> None:
+    def _handle(self, out: CascadeOutput) -> None:
         for ev in out.events:
             log.debug("gate %s at %.2f s", ev.kind, ev.t_s)
         for p in out.segments:
@@ -202,7 +188,7 @@ class Node:
                      r.segment.t_detect_s, r.segment.score, r.score)
 
     def _heartbeat(self) -> None:
-        from gate.wire import Heartbeat
+        from gate_core.wire import Heartbeat
 
         hb_s = self.settings.node.heartbeat_s
         while self._next_heartbeat_s <= self.cascade.t_s:
@@ -234,7 +220,6 @@ class Node:
             self._lost = lost
 
     def _reload(self) -> None:
-        from gate.config import SettingsError
 
         if self._load is None:
             log.warning("SIGHUP: no thresholds file to reload")
@@ -251,7 +236,7 @@ class Node:
             log.warning("SIGHUP: changes to %s take effect at the next start", ", ".join(restart_only))
         self._pending_settings = new
 
-    def _apply(self, new: Any) -> None:
+    def _apply(self, new: GateSettings) -> None:
         self._pending_settings = None
         try:
             self.cascade.reconfigure(new)
@@ -279,16 +264,14 @@ class Node:
             log.info("node stopped: %d blocks, %d segments", self.stats.blocks, self.stats.segments)
 
 
-def run_node(*, settings: Any, config_path: str | None, input_file: str | None = None,
+def run_node(*, settings: GateSettings, config_path: str | None, input_file: str | None = None,
              realtime: bool = True, broker: str | None = None, install_signals: bool = True,
              source: Source | None = None) -> int:
     """Build the microphone (or a paced file, or use ``source``), the transport and the cascade; run until stopped."""
-    from contextlib import ExitStack
 
     from gate.cascade import Cascade
-    from gate.config import load_settings
     from gate.energy import ANALOG_GATE, EnergyLedger
-    from gate.wire import new_id
+    from gate_core.wire import new_id
 
     boot_id = new_id()
     ledger = EnergyLedger(always_on=(ANALOG_GATE,))
@@ -320,8 +303,9 @@ def run_node(*, settings: Any, config_path: str | None, input_file: str | None =
         return rc
 
 
-def open_transport(settings: Any, *, ledger: Any, boot_id: str | None, broker: str | None, stack: Any,
-                   on_verdict: Callable[[Any], None] | None = None, spool: Any | None = None) -> Any:
+def open_transport(settings: GateSettings, *, ledger: EnergyLedger, boot_id: str | None, broker: str | None,
+                   stack: ExitStack, on_verdict: Callable[[Verdict], None] | None = None,
+                   spool: Spool | None = None) -> MqttTransport:
     """The MQTT transport for ``broker`` (default ``mqtt.broker``); 'embedded' starts a private broker."""
     from gate.transport.broker import EmbeddedBroker, parse_broker_url
     from gate.transport.mqtt import MqttTransport
@@ -343,6 +327,6 @@ def open_transport(settings: Any, *, ledger: Any, boot_id: str | None, broker: s
     return transport
 
 
-def _log_verdict(verdict: Any) -> None:
+def _log_verdict(verdict: Verdict) -> None:
     log.info("verdict for %s: %s%s", verdict.segment_id, "accepted" if verdict.accepted else "rejected",
              f", command {verdict.command}" if verdict.command else "")

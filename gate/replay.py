@@ -49,10 +49,10 @@ from gate.energy import (
     wire_bytes,
 )
 from gate.energy.wire import TLS_RECORD_OVERHEAD_B
-from gate.errors import AudioInputError, GateError
 from gate.report import build_report
 from gate.transport.config import MqttConfig, estimated_session, uses_tls
-from gate.wire import NodeTopics
+from gate_core.errors import AudioInputError, GateError
+from gate_core.wire import NodeTopics
 from sensors.analog.events import GateEvent, open_intervals
 from sensors.wavfile import AudioFileSource
 
@@ -417,29 +417,11 @@ def _detector_params(settings: GateSettings, kws: Any | None) -> dict | None:
     if kws is None:
         return None
     k = settings.kws
-    from gate.metrics import segment_hold_s
+    from gate_core.metrics import segment_hold_s
 
     return {"threshold": float(kws.detector.threshold), "smoothing_s": k.smoothing_s,
             "min_consecutive": k.min_consecutive, "refractory_s": k.refractory_s,
             "period_s": float(kws.detector.period_s), "hold_s": segment_hold_s(settings.segmenter)}
-
-
-def scenario_inputs(directory: Path) -> tuple[Path, list]:
-    """(audio file, labels) of a ``gate-data scenario`` directory (scenario.json + labels.csv)."""
-    from gate.cliutil import read_json
-    from sensors.scenario import read_labels
-
-    meta_path, labels_path = directory / "scenario.json", directory / "labels.csv"
-    for p in (meta_path, labels_path):
-        if not p.is_file():
-            raise AudioInputError(f"{directory}: not a complete scenario (no {p.name})", code="scenario_incomplete")
-    meta = read_json(meta_path, "scenario description (JSON)")
-    if not isinstance(meta, dict) or not isinstance(meta.get("audio"), str) or not meta["audio"]:
-        raise AudioInputError(f"{meta_path}: audio: missing or not a file name", code="scenario_invalid")
-    audio = directory / meta["audio"]
-    if not audio.is_file():
-        raise AudioInputError(f"{meta_path}: audio: {audio} is not a file", code="scenario_incomplete")
-    return audio, read_labels(labels_path)
 
 
 def _wait_until(t: float) -> None:

@@ -22,11 +22,9 @@ a fresh replay; :func:`reprice` says so in ``notes``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gate import __version__
 from gate.energy import (
@@ -43,12 +41,16 @@ from gate.energy import (
 )
 from gate.energy.model import EnergyBreakdown
 from gate.transport.config import estimated_session
+from gate_core.cliutil import atomic_write_text
+
+if TYPE_CHECKING:
+    from gate.config import GateSettings
 
 REPORT_SCHEMA = "gate.replay/2"
 PIPELINES = ("always_stream", "always_on_kws", "cascade")
 
 
-def build_report(*, results: Sequence[Any], failed: list[dict], settings: Any, model: EnergyModel,
+def build_report(*, results: Sequence[Any], failed: list[dict], settings: GateSettings, model: EnergyModel,
                  stages_run: Sequence[str], extra_counts: LedgerSnapshot | None = None,
                  kws_hop_s: float | None = None) -> dict:
     """``extra_counts``: charges not tied to one file (a live transport's radio, the cloud), added to
@@ -170,7 +172,7 @@ def _savings(cascade: EnergyBreakdown, base: EnergyBreakdown) -> dict:
 def _command_results(dets: list[dict], labels: dict[str, list]) -> dict | None:
     """The cloud's command for each accepted detection of a labelled wake phrase + command, against the
     command said (the ``command`` label of a ``wake_command`` event that starts within 2 s after the fire)."""
-    from gate.vocabulary import match_command
+    from gate_core.vocabulary import match_command
 
     n = correct = unrecognised = 0
     for d in dets:
@@ -195,7 +197,7 @@ def add_detection_metrics(report: dict, labels: dict[str, list], *,
                           reference_detections: dict[str, list[float]] | None = None) -> None:
     """Score the report's detections (tiny model alone, after cloud verification, always-on
     reference) against labels, and add DET curves from the recorded KWS traces. In place."""
-    from gate.metrics import EARLY_S, LATE_S, DetectorParams, det_curve, hold, score, wake_windows
+    from gate_core.metrics import EARLY_S, LATE_S, DetectorParams, det_curve, hold, score, wake_windows
 
     audio = {i["path"]: i["audio_seconds"] for i in report["inputs"]}
     streams = {p: (wake_windows(spans), audio[p]) for p, spans in labels.items() if p in audio}
@@ -272,25 +274,9 @@ def write_report(report: dict, path: Path) -> None:
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a report is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_report(path: Path) -> dict:
     """A saved replay report, its counts checked; a UsageError naming the file and field otherwise."""
-    from gate.cliutil import fail, read_json
+    from gate_core.cliutil import fail, read_json
 
     report = read_json(Path(path), "gate replay report (JSON)")
     if not isinstance(report, dict) or "counts" not in report or "baselines" not in report:

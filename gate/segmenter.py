@@ -20,9 +20,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from gate.audio import SAMPLE_WIDTH, frozen_int16
-from gate.strict import Strict
-from gate.wire import DEFAULT_MAX_SECONDS
+from gate_core.audio import SAMPLE_WIDTH, frozen_int16
+from gate_core.strict import Strict
+from gate_core.wire import DEFAULT_MAX_SECONDS
 
 EndReason = Literal["command_window", "max_length", "adc_off", "end_of_stream"]
 

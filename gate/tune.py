@@ -30,9 +30,9 @@ import yaml
 
 from gate.config import GateSettings
 from gate.energy import CLOUD, ENCODER, RADIO, EnergyModel, LedgerSnapshot, StageCounts, wire_bytes
-from gate.errors import GateError
-from gate.metrics import DetectorParams, default_thresholds, score, trace_detections, wake_windows
-from gate.wire import NodeTopics
+from gate_core.errors import GateError
+from gate_core.metrics import DetectorParams, default_thresholds, score, trace_detections, wake_windows
+from gate_core.wire import NodeTopics
 
 
 @dataclass(frozen=True, slots=True)

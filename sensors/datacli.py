@@ -18,8 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
-from gate.cliutil import Parser, boundary, input_file, number, output_dir, parse
-from gate.vocabulary import WAKE_PHRASE
+from gate_core.cliutil import Parser, boundary, input_file, number, output_dir, parse
+from gate_core.vocabulary import WAKE_PHRASE
 
 log = logging.getLogger("gate-data")
 
@@ -157,7 +157,7 @@ def cmd_voices(args: argparse.Namespace) -> int:
 
 
 def cmd_confusables(args: argparse.Namespace) -> int:
-    from gate.vocabulary import normalise
+    from gate_core.vocabulary import normalise
     from sensors.synth import confusables
     from sensors.synth.errors import DataError
 

@@ -20,8 +20,8 @@ from fractions import Fraction
 import numpy as np
 from scipy import signal
 
-from gate.audio import SAMPLE_RATE, float_to_int16
-from gate.errors import AudioInputError
+from gate_core.audio import SAMPLE_RATE, float_to_int16
+from gate_core.errors import AudioInputError
 
 log = logging.getLogger(__name__)
 

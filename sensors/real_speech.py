@@ -3,7 +3,7 @@
 The FLAC files and ``MANIFEST.csv`` live in ``datasets/real_speech/`` (provenance and licences in
 its README.md, rebuilt by its ``extract.py``). Every file is checked against the sha256 in the
 manifest before it is decoded; a missing, altered or unreadable file raises
-:class:`gate.errors.AudioInputError` naming the file, with the codes :mod:`sensors.wavfile` uses.
+:class:`gate_core.errors.AudioInputError` naming the file, with the codes :mod:`sensors.wavfile` uses.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from gate.audio import SAMPLE_RATE
-from gate.errors import AudioInputError
+from gate_core.audio import SAMPLE_RATE
+from gate_core.errors import AudioInputError
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "datasets" / "real_speech"
 MANIFEST = "MANIFEST.csv"

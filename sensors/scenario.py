@@ -33,9 +33,11 @@ import soundfile as sf
 from pydantic import Field, field_validator
 from scipy import signal
 
-from gate.audio import SAMPLE_RATE, float_to_int16
-from gate.strict import Strict
-from gate.vocabulary import WAKE_PHRASE, command_phrases, normalise, wake_phrase
+from gate_core.audio import SAMPLE_RATE, float_to_int16
+from gate_core.cliutil import read_json
+from gate_core.errors import AudioInputError
+from gate_core.strict import Strict
+from gate_core.vocabulary import WAKE_PHRASE, command_phrases, normalise, wake_phrase
 from sensors.synth import confusables, noise, rooms, tts
 from sensors.synth.augment import fft_convolve_rows
 from sensors.synth.errors import RecipeError
@@ -540,7 +542,7 @@ _READ_FIELDS = ("start_s", "end_s", "label", "kind", "text", "snr_db", "start_sa
 
 def read_labels(path: Path) -> list[Label]:
     """The labels of a scenario; a RecipeError naming the file, line and field of a malformed row."""
-    from gate.cliutil import read_csv
+    from gate_core.cliutil import read_csv
 
     labels = []
     for line, r in read_csv(Path(path), _READ_FIELDS, "scenario labels file"):
@@ -575,3 +577,18 @@ def _finite(text: str) -> float:
 
 
 __all__ = ["LABELS", "LABEL_FIELDS", "Recipe", "load_recipe", "read_labels", "render", "write_labels"]
+
+
+def scenario_inputs(directory: Path) -> tuple[Path, list]:
+    """(audio file, labels) of a ``gate-data scenario`` directory (scenario.json + labels.csv)."""
+    meta_path, labels_path = directory / "scenario.json", directory / "labels.csv"
+    for p in (meta_path, labels_path):
+        if not p.is_file():
+            raise AudioInputError(f"{directory}: not a complete scenario (no {p.name})", code="scenario_incomplete")
+    meta = read_json(meta_path, "scenario description (JSON)")
+    if not isinstance(meta, dict) or not isinstance(meta.get("audio"), str) or not meta["audio"]:
+        raise AudioInputError(f"{meta_path}: audio: missing or not a file name", code="scenario_invalid")
+    audio = directory / meta["audio"]
+    if not audio.is_file():
+        raise AudioInputError(f"{meta_path}: audio: {audio} is not a file", code="scenario_incomplete")
+    return audio, read_labels(labels_path)

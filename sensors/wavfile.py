@@ -1,7 +1,7 @@
 """Audio files in and out: anything libsndfile reads, converted once to 16 kHz mono int16.
 
 Frames come out fixed-size whatever block size the file is read with. A file that cannot be read
-as audio raises :class:`gate.errors.AudioInputError` naming the file and the reason.
+as audio raises :class:`gate_core.errors.AudioInputError` naming the file and the reason.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import soundfile as sf
 from scipy import signal
 
-from gate.audio import SAMPLE_RATE, Frame, Framer, float_to_int16
-from gate.errors import AudioInputError
+from gate_core.audio import SAMPLE_RATE, Frame, Framer, float_to_int16
+from gate_core.errors import AudioInputError
 
 READ_BLOCK = 1 << 16  # samples per read: bounded memory for same-rate files of any length
 # Rates a real recording can have. A header outside them is corrupt or hostile: a claimed 2**31 Hz

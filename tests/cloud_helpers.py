@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from cloud.service.models import CloudModels, RecognizedCommand, VerifierResult
-from gate.vocabulary import COMMANDS
-from gate.wire import SegmentHeader, encode_segment, new_id, pcm_sha256
+from gate_core.vocabulary import COMMANDS
+from gate_core.wire import SegmentHeader, encode_segment, new_id, pcm_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

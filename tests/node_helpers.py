@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 from kws_standin import STANDIN, shipped_kws_model
 
-from gate.audio import float_to_int16
 from gate.config import GateSettings
+from gate_core.audio import float_to_int16
 from sensors.wavfile import resample, write_audio
 
 SR = 16000

@@ -8,7 +8,7 @@ from analog_helpers import SR, burst_scene, config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gate.audio import float_to_int16
+from gate_core.audio import float_to_int16
 from sensors.analog import AnalogBlock, AnalogFrontEnd, run_file
 from sensors.wavfile import write_audio
 

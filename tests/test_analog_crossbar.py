@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gate.errors import ConfigError
+from gate_core.errors import ConfigError
 from sensors.analog import AnalogConfig, AnalogFrontEnd
 from sensors.analog import crossbar as xb
 from sensors.analog.config import CrossbarConfig

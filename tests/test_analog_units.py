@@ -7,7 +7,7 @@ import pytest
 from analog_helpers import SR, config, ideal, run
 from pydantic import ValidationError
 
-from gate.errors import ConfigError
+from gate_core.errors import ConfigError
 from sensors.analog import AnalogConfig, AnalogFrontEnd, GateEvent, duty_cycle, open_intervals
 from sensors.analog import testbench as sc
 from sensors.analog.config import DecisionConfig

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gate.audio import Frame, Framer, float_to_int16
+from gate_core.audio import Frame, Framer, float_to_int16
 
 
 def test_frame_is_frozen_and_derives_its_properties():

@@ -15,7 +15,7 @@ from gate.transport import broker as broker_mod
 from gate.transport.broker import BrokerError, EmbeddedBroker, parse_broker_url
 from gate.transport.mqtt import MqttTransport
 from gate.transport.spool import Spool
-from gate.wire import SegmentHeader, Status, decode_segment, encode_segment, new_id
+from gate_core.wire import SegmentHeader, Status, decode_segment, encode_segment, new_id
 
 
 @pytest.mark.parametrize("url,expected", [

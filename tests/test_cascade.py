@@ -5,14 +5,14 @@ import pytest
 from kws_standin import shipped_kws_model
 from node_helpers import at_dbfs, feed, hum, pink_noise
 
-from gate.audio import float_to_int16
 from gate.cascade import Cascade
 from gate.config import GateSettings
 from gate.encoder import SegmentEncoder
 from gate.energy import ADC, ANALOG_GATE, ENCODER, FEATURES_KWS, RADIO, EnergyLedger
-from gate.kws.detector import Detection
 from gate.segmenter import Segmenter
-from gate.wire import decode_segment, new_id
+from gate_core.audio import float_to_int16
+from gate_core.detector import Detection
+from gate_core.wire import decode_segment, new_id
 from sensors.analog.frontend import AnalogFrontEnd
 
 SR = 16000
@@ -301,7 +301,7 @@ def test_second_stage_keeps_a_rejected_candidate_off_the_radio_and_is_charged():
 
 def test_second_stage_is_refused_on_a_profile_that_cannot_run_it():
     from gate.cascade import load_second_stage
-    from gate.errors import ConfigError
+    from gate_core.errors import ConfigError
 
     s = GateSettings()
     s.kws.second_stage.enabled = True

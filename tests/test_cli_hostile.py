@@ -18,7 +18,7 @@ import soundfile as sf
 
 from cloud.cli import main as cloud_main
 from gate.cli import main as node_main
-from gate.cliutil import number, one_line, output_file
+from gate_core.cliutil import number, one_line, output_file
 from sensors.datacli import main as data_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +131,13 @@ TABLE: list[tuple[str, str, tuple[str, ...]]] = [
     ("gate-node", "run --input {x} --no-realtime", IN_FILE),
     ("gate-node", "wyoming --satellite-uri tcp://127.0.0.1:9 --input {x} --no-realtime", IN_FILE),
     ("gate-node", "wyoming --satellite-uri tcp://127.0.0.1:9 --answer-wait {x}", NUM_NONNEG),
+    ("gate-cloud", "federate --nodes {x} --rounds 1 --out {out}", (*NUM_COUNT, "1")),
+    ("gate-cloud", "federate --nodes 2 --rounds {x} --out {out}", (*NUM_COUNT, "-1")),
+    ("gate-cloud", "federate --nodes 2 --rounds 1 --out {x}", OUT_DIR),
+    ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --recipe {x}", IN_YAML),
+    ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --mu {x}", NUM_NONNEG),
+    ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --collect-minutes {x}", (*NUM_NONNEG, "0")),
+    ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --cache-dir {x}", OUT_DIR),
     ("gate-cloud", "train --recipe {x} --out {out}", IN_YAML),
     ("gate-cloud", "train --recipe {recipe} --out {x}", OUT_DIR),
     ("gate-cloud", "train --recipe {recipe} --out {out} --threads {x}", NUM_COUNT),
@@ -271,7 +278,7 @@ def test_scenario_replay_defaults_to_the_embedded_broker(monkeypatch, inputs):
 def test_a_dead_broker_is_said_once_then_at_a_bounded_rate(caplog):
     import logging
 
-    from gate.transport.netutil import UnreachableLog
+    from gate_core.netutil import UnreachableLog
 
     now = [0.0]
     log = logging.getLogger("test.unreachable")

@@ -93,7 +93,7 @@ def test_recognises_the_command_after_the_wake_word(recogniser, name):
 
 
 def test_command_classes_follow_the_vocabulary(recogniser):
-    from gate.vocabulary import COMMANDS
+    from gate_core.vocabulary import COMMANDS
 
     assert recogniser.classes[:len(COMMANDS)] == [c.name for c in COMMANDS]
     assert recogniser.classes[-2:] == ["_unknown", "_silence"]
@@ -161,8 +161,8 @@ def test_command_reads_outside_the_segment_are_silence(recogniser):
 
 
 def test_the_service_config_sets_the_command_read_offsets():
-    from cloud.serve_config import COMMAND_READ_OFFSETS_S, CloudConfig
     from cloud.service.models import load_models
+    from gate_core.cloud_config import COMMAND_READ_OFFSETS_S, CloudConfig
 
     assert load_models(CloudConfig()).commands._model.shifts == [round(o * 100) for o in COMMAND_READ_OFFSETS_S]
     assert load_models(CloudConfig(command_read_offsets_s=[0.3, 0.0])).commands._model.shifts == [0, 30]

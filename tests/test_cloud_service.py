@@ -22,7 +22,7 @@ import pytest
 from cloud_helpers import CloudService, make_segment
 from mqtt_helpers import Collector, needs_mosquitto
 
-from gate.wire import Verdict, rewrite_header
+from gate_core.wire import Verdict, rewrite_header
 
 pytestmark = [needs_mosquitto, pytest.mark.slow]
 

@@ -19,12 +19,12 @@ from pydantic import ValidationError
 
 from cloud.energy_meter import EnergyMeter, ThreadCpuTimer
 from cloud.metrics import MetricsServer, ServiceMetrics
-from cloud.serve_config import CloudConfig, ServerPowerConfig
 from cloud.service.handler import SegmentHandler
 from cloud.service.models import CloudModels
 from cloud.service.supervisor import merge_summaries
 from cloud.store import SQLiteStore, StoreError
-from gate.wire import Verdict
+from gate_core.cloud_config import CloudConfig, ServerPowerConfig
+from gate_core.wire import Verdict
 
 
 class BrokenStore:

@@ -10,7 +10,7 @@ import pytest
 from cloud import compare
 from cloud.compare import Context, DetectorSpec, Run, Skip, at_fa, curve, detect, smoothed
 from cloud.train.scenes import Scene
-from gate.kws.detector import Detector
+from gate_core.detector import Detector
 
 SR = 16_000
 

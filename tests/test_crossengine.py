@@ -8,8 +8,8 @@ import pytest
 from cloud import crossengine as ce
 from cloud.train import augment
 from cloud.train.scenes import Scene
-from gate import metrics
-from gate.vocabulary import COMMANDS
+from gate_core import metrics
+from gate_core.vocabulary import COMMANDS
 
 SR = ce.SR
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from data_helpers import needs_espeak
 
-from gate.vocabulary import COMMANDS, WAKE_PHRASE, command_phrases, match_command, normalise
+from gate_core.vocabulary import COMMANDS, WAKE_PHRASE, command_phrases, match_command, normalise
 from sensors.synth import confusables
 from sensors.synth.tts import phonemize
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloud.serve_config import CloudConfig
 from gate.config import load_settings
+from gate_core.cloud_config import CloudConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -34,7 +34,7 @@ from gate.energy import (
 )
 from gate.energy.model import NODE_STAGES
 from gate.energy.wire import SessionBytes, control_b, mqtt_connect_b, mqtt_subscribe_b
-from gate.errors import ProfileError
+from gate_core.errors import ProfileError
 
 SHIPPED = ("mcu-analog", "pi4", "pizero2w")
 

@@ -1,6 +1,6 @@
 """Bad-input campaign against a running `gate-cloud serve`: random and mutated MQTT payloads.
 
-Every payload is classified here first by the oracle (gate.wire.decode_segment plus the handler's
+Every payload is classified here first by the oracle (gate_core.wire.decode_segment plus the handler's
 topic rule, exactly what the cloud promises to enforce), then published with one paho client at
 QoS 1. The service must count every invalid payload once under the right code, store every valid
 one once, never restart a worker, and still answer fresh valid segments at the end.
@@ -31,7 +31,7 @@ from cloud_helpers import make_segment  # noqa: E402
 from fault_helpers import CloudService, store_count, store_rows, wait_until  # noqa: E402
 from mqtt_helpers import MOSQUITTO, Collector, Mosquitto  # noqa: E402
 
-from gate.wire import (  # noqa: E402
+from gate_core.wire import (  # noqa: E402
     MAX_HEADER_BYTES,
     PREFIX_BYTES,
     WireError,

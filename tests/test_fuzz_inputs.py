@@ -105,7 +105,7 @@ def read_many(paths: list[str]) -> list[tuple[str, str, str, float, int]]:
     with open("/proc/self/status") as f:
         vm = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmSize:"))
     resource.setrlimit(resource.RLIMIT_AS, (vm + MEM_LIMIT, vm + MEM_LIMIT))
-    from gate.errors import AudioInputError
+    from gate_core.errors import AudioInputError
     from sensors.wavfile import read_audio
 
     out = []

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from gate.kws.config import KwsConfig
-from gate.kws.detector import Detector
+from gate_core.detector import Detector
 
 
 def _det(**kw):

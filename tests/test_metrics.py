@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from gate.metrics import (
+from gate_core.metrics import (
     DetectorParams,
     Window,
     det_curve,
@@ -84,7 +84,7 @@ def test_trace_sweep_matches_the_detector_and_a_det_curve_is_monotone():
 
 
 def test_span_scores_follow_the_same_rule_as_labelled_streams():
-    from gate.metrics import combine, span_score
+    from gate_core.metrics import combine, span_score
 
     spans = [(10.0, 11.0), (20.0, 21.0)]
     times = [9.8, 10.5, 11.9, 30.0, 21.0 + 1.01]  # early hit, duplicate, duplicate, false accept, just too late
@@ -101,7 +101,7 @@ def test_span_scores_follow_the_same_rule_as_labelled_streams():
 
 
 def test_assign_keeps_the_callers_order():
-    from gate.metrics import DUPLICATE, FALSE_ACCEPT, assign, span_windows
+    from gate_core.metrics import DUPLICATE, FALSE_ACCEPT, assign, span_windows
 
     got = assign([10.6, 5.0, 10.2], span_windows([(10.0, 11.0)]))
     assert got.tolist() == [DUPLICATE, FALSE_ACCEPT, 0]  # the earlier detection takes the hit

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from gate.errors import AudioInputError
+from gate_core.errors import AudioInputError
 from sensors.microphone import Microphone, StreamingResampler
 
 

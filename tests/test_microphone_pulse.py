@@ -23,7 +23,7 @@ from kws_standin import STANDIN, shipped_kws_model
 from mqtt_helpers import Collector, needs_mosquitto
 from node_helpers import needs_espeak, wake_scene
 
-from gate.wire import decode_segment
+from gate_core.wire import decode_segment
 
 SINK = "gate_test_sink"
 GATE_NODE = Path(sys.executable).parent / "gate-node"

@@ -10,7 +10,7 @@ from mqtt_helpers import Collector, needs_mosquitto
 from node_helpers import SR, needs_espeak, node_settings, wake_scene
 
 from gate.node import run_node
-from gate.wire import decode_segment
+from gate_core.wire import decode_segment
 
 pytestmark = [needs_mosquitto, needs_espeak]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gate.errors import AudioInputError
+from gate_core.errors import AudioInputError
 from sensors import real_speech
 
 ROOT = Path(__file__).resolve().parents[1]

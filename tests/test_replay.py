@@ -12,7 +12,7 @@ from gate.energy import EnergyModel, wire_bytes
 from gate.energy.wire import control_b, mqtt_connect_b, mqtt_subscribe_b
 from gate.replay import replay_files
 from gate.report import load_report, reprice
-from gate.wire import Status, new_id
+from gate_core.wire import Status, new_id
 from sensors.wavfile import write_audio
 
 SR = 16000

@@ -9,7 +9,8 @@ from report_helpers import mcu_without_startup, slice_demo, standin_config
 
 from gate.cli import main
 from gate.config import load_settings
-from gate.replay import replay_files, scenario_inputs
+from gate.replay import replay_files
+from sensors.scenario import scenario_inputs
 
 
 @pytest.fixture(scope="module")

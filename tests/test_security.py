@@ -31,7 +31,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gate.transport.config import MqttConfig
-from gate.wire import NodeTopics, shared_subscription
+from gate_core.wire import NodeTopics, shared_subscription
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSQ_DIR = ROOT / "deploy/mosquitto"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gate import metrics
+from gate_core import metrics
 
 SPANS = [(10.0, 11.0), (20.0, 21.0), (30.0, 31.0), (40.0, 41.0)]
 VOICES = ["pico:en-GB", "mbrola:mb-us3", "pico:en-GB", "mbrola:mb-us3"]

@@ -12,7 +12,7 @@ import yaml
 
 from cloud.train import corpus
 from cloud.train.recipe import AccentSpec, CorpusSpec, load_recipe
-from gate.errors import ConfigError
+from gate_core.errors import ConfigError
 from sensors.synth import tts
 from sensors.synth.errors import TTSError
 from sensors.synth.tts import Voice

@@ -13,7 +13,7 @@ import yaml
 
 from cloud.train import corpus, dataset
 from cloud.train.recipe import AccentSpec, AugmentSpec, CorpusSpec, load_recipe
-from gate.errors import ConfigError
+from gate_core.errors import ConfigError
 from sensors.synth import espeak_variants as randvar
 from sensors.synth import tts, voicex
 from sensors.synth.errors import TTSError

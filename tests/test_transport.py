@@ -21,7 +21,7 @@ from gate.energy.wire import control_b, mqtt_connect_b, mqtt_subscribe_b
 from gate.transport.config import MqttConfig
 from gate.transport.mqtt import MqttTransport, TransportError
 from gate.transport.spool import Spool
-from gate.wire import (
+from gate_core.wire import (
     ConfigAck,
     ConfigUpdate,
     Heartbeat,

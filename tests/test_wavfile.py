@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gate.errors import AudioInputError
+from gate_core.errors import AudioInputError
 from sensors.wavfile import AudioFileSource, probe, read_audio, write_audio
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gate.energy import EnergyLedger
-from gate.wire import (
+from gate_core.wire import (
     MAX_HEADER_BYTES,
     ConfigUpdate,
     NodeTopics,

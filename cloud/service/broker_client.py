@@ -30,11 +30,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.metrics import ServiceMetrics
-from cloud.serve_config import CloudConfig
-from gate.errors import ConfigError
-from gate.transport.broker import parse_broker_url
-from gate.transport.netutil import UnreachableLog, set_no_delay
-from gate.wire import SEGMENTS, shared_subscription
+from gate_core.cloud_config import CloudConfig
+from gate_core.errors import ConfigError
+from gate_core.netutil import UnreachableLog, parse_broker_url, set_no_delay
+from gate_core.wire import SEGMENTS, shared_subscription
 
 log = logging.getLogger(__name__)
 

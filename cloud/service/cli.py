@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gate.cliutil import input_file, number, output_dir, output_file
-from gate.errors import ConfigError
+from gate_core.cliutil import input_file, number, output_dir, output_file
+from gate_core.errors import ConfigError
 
 # Flag -> CloudConfig field; a flag given on the command line wins over the config file.
 _OVERRIDES = {"broker": "broker", "group": "group", "workers": "workers", "db": "db_url",
@@ -50,7 +50,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from cloud.serve_config import CloudConfig
+    from gate_core.cloud_config import CloudConfig
 
     try:
         if args.worker_config_stdin:
@@ -121,6 +121,6 @@ def _write_summary(summary: dict[str, Any], where: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        from gate.report import atomic_write_text
+        from gate_core.cliutil import atomic_write_text
 
         atomic_write_text(Path(where), text)

@@ -23,10 +23,10 @@ import numpy as np
 
 from cloud.energy_meter import EnergyMeter, ThreadCpuTimer
 from cloud.metrics import ServiceMetrics
-from cloud.serve_config import CloudConfig
 from cloud.service.models import CloudModels
 from cloud.store import RejectRecord, SegmentRecord, Store, StoreError
-from gate.wire import (
+from gate_core.cloud_config import CloudConfig
+from gate_core.wire import (
     PREFIX_BYTES,
     SEGMENTS,
     NodeTopics,
@@ -141,7 +141,7 @@ class SegmentHandler:
                 model_cpu_s: float) -> SegmentRecord:
         audio = codec = None
         if self.cfg.store_audio:
-            # Framing (gate/wire.py): prefix, then a header of the length the prefix gives, then audio.
+            # Framing (gate_core/wire.py): prefix, then a header of the length the prefix gives, then audio.
             head_len = int.from_bytes(payload[4:PREFIX_BYTES], "big")
             audio, codec = bytes(payload[PREFIX_BYTES + head_len:]), header.codec
         return SegmentRecord(

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from cloud.serve_config import COMMAND_READ_OFFSETS_S
-from gate.errors import ConfigError
+from gate_core.cloud_config import COMMAND_READ_OFFSETS_S
+from gate_core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class VerifierResult:
 
 @dataclass(frozen=True, slots=True)
 class RecognizedCommand:
-    command: str | None  # a gate.vocabulary command name, or None
+    command: str | None  # a gate_core.vocabulary command name, or None
     score: float
 
 
@@ -105,7 +105,7 @@ class TFLiteCommands:
         return RecognizedCommand(r.name, float(r.confidence))
 
 
-def load_models(cfg) -> CloudModels:  # cfg: cloud.serve_config.CloudConfig
+def load_models(cfg) -> CloudModels:  # cfg: gate_core.cloud_config.CloudConfig
     """The configured models; the shipped ones raise their own ModelError when weights are missing."""
     if cfg.models_factory:
         module, _, attr = cfg.models_factory.partition(":")

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from cloud.serve_config import CloudConfig
 from cloud.service.models import CloudModels, load_models
 from cloud.service.worker import Worker
 from cloud.store import open_store
+from gate_core.cloud_config import CloudConfig
 
 log = logging.getLogger(__name__)
 

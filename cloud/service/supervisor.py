@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloud.serve_config import CloudConfig
+from gate_core.cloud_config import CloudConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from cloud.energy_meter import EnergyMeter
 from cloud.metrics import MetricsServer, ServiceMetrics
-from cloud.serve_config import CloudConfig
 from cloud.service.broker_client import BrokerClient, Delivery
 from cloud.service.handler import Outcome, SegmentHandler
 from cloud.service.models import CloudModels, load_models
 from cloud.store import Store, StoreError, open_store
+from gate_core.cloud_config import CloudConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from gate.vocabulary import COMMANDS
+from gate_core.vocabulary import COMMANDS
 from sensors.synth import confusables, tts
 from sensors.synth import espeak_variants as randvar
 from sensors.synth.errors import TTSError

@@ -21,15 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from cloud.train import corpus, dataset, embedded, fit, scenes
-from gate import metrics
 from cloud.train.models import build, cost, logits
 from cloud.train.recipe import Recipe
 from gate.kws.config import KwsConfig
-from gate.kws.detector import Detector
 from gate.kws.featurize import Featurizer
 from gate.kws.stage import KeywordSpotter, sigmoid
 from gate.segmenter import SegmenterConfig
-from gate.vocabulary import COMMANDS
+from gate_core import metrics
+from gate_core.detector import Detector
+from gate_core.vocabulary import COMMANDS
 from sensors.synth.tts import Utterance
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from typing import Literal, get_args
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from gate.cliutil import yaml_error_text
-from gate.errors import ConfigError
-from gate.strict import Strict
+from gate_core.cliutil import yaml_error_text
+from gate_core.errors import ConfigError
+from gate_core.strict import Strict
 from sensors.synth import tts
 
 FeatureKind = Literal["logmel", "analog_envelopes", "pcen"]

@@ -1,8 +1,9 @@
 """Long labelled evaluation scenes, spoken only by held-out voices.
 
-Until the data side's `gate-data scenario` scenes are wired in, these stand in for them: a room
-background, other speech and near-misses at random times, and the wake phrase followed by a
-command at ``keywords_per_hour``. Labels are the sample spans of each wake phrase.
+Built in memory from cached renders, for the training pipeline's dev and held-out scenes and
+`make compare`: a room background, other speech and near-misses at random times, and the wake phrase
+followed by a command at ``keywords_per_hour``. Labels are the sample spans of each wake phrase.
+(`gate-data scenario`, sensors/scenario.py, renders scenes to files for `gate-node replay`.)
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from gate.cliutil import read_json
-from gate.errors import GateError
+from gate_core.cliutil import read_json
+from gate_core.errors import GateError
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE_MODELS = ROOT / "gate" / "models"

@@ -80,7 +80,7 @@ def check_tarball(path: Path) -> None:
 
 
 def float_to_int16(x: np.ndarray) -> np.ndarray:
-    """Same rule as gate.audio.float_to_int16."""
+    """Same rule as gate_core.audio.float_to_int16."""
     return np.clip(np.round(np.asarray(x, dtype=np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 

@@ -27,7 +27,7 @@ shift $((OPTIND - 1))
 out=$1
 shift
 
-# Same rule as a node id (gate/wire.py): no '/', '+' or '#', which would widen a %u ACL pattern.
+# Same rule as a node id (gate_core/wire.py): no '/', '+' or '#', which would widen a %u ACL pattern.
 for user in "$cloud" "$@"; do
     [[ $user =~ ^[A-Za-z0-9_.-]{1,64}$ ]] || { echo "$0: '$user' is not a valid node id" >&2; exit 2; }
 done

@@ -4,8 +4,7 @@ Counting and pricing are separate so a saved snapshot can be re-priced for anoth
 without re-running the audio.
 """
 
-from .baselines import DEFAULT_PACKET_S, always_on_kws_counts, always_stream_counts
-from .ledger import (
+from gate_core.ledger import (
     ADC,
     ANALOG_GATE,
     CLOUD,
@@ -21,6 +20,8 @@ from .ledger import (
     StageCounts,
     validate_stage,
 )
+
+from .baselines import DEFAULT_PACKET_S, always_on_kws_counts, always_stream_counts
 from .model import (
     DeviceProfile,
     EnergyBreakdown,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-from gate.audio import SAMPLE_RATE, SAMPLE_WIDTH
+from gate_core.audio import SAMPLE_RATE, SAMPLE_WIDTH
+from gate_core.ledger import ADC, CLOUD, ENCODER, FEATURES_KWS, RADIO, LedgerSnapshot, StageCounts
 
-from .ledger import ADC, CLOUD, ENCODER, FEATURES_KWS, RADIO, LedgerSnapshot, StageCounts
 from .wire import DEFAULT_TOPIC_LEN, wire_bytes
 
 # 100 ms audio packets: short enough for streaming ASR latency, long enough that per-packet

@@ -19,13 +19,21 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from gate.cliutil import yaml_error_text
-from gate.errors import ProfileError
-from gate.strict import Strict
+from gate_core.cliutil import yaml_error_text
+from gate_core.errors import ProfileError
+from gate_core.ledger import (
+    CLOUD,
+    HOST,
+    J_PER_KWH,
+    RADIO,
+    SECOND_STAGE,
+    STAGES,
+    LedgerSnapshot,
+    ordered_stages,
+    validate_stage,
+)
+from gate_core.strict import Strict
 
-from .ledger import CLOUD, HOST, RADIO, SECOND_STAGE, STAGES, LedgerSnapshot, ordered_stages, validate_stage
-
-J_PER_KWH = 3.6e6
 DEFAULT_GRID_G_CO2E_PER_KWH = 475.0
 DEFAULT_CARBON_SOURCE = "IEA 2019 world-average grid intensity, CodeCarbon's default (ENERGY.md: Cloud and carbon)"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.cliutil import quiet_native_stderr
-from gate.errors import GateError
+from gate_core.cliutil import quiet_native_stderr
+from gate_core.errors import GateError
 
 BACKENDS: tuple[tuple[str, str], ...] = (
     ("ai_edge_litert", "ai_edge_litert.interpreter"),

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from gate.kws.config import KwsConfig
-from gate.kws.detector import Detection, Detector
 from gate.kws.featurize import Featurizer
 from gate.kws.interpreter import ModelError, TFLiteModel, read_card  # noqa: F401  (read_card: re-exported)
+from gate_core.detector import Detection, Detector
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_THRESHOLD = 0.5

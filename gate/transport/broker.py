@@ -19,48 +19,14 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from gate.errors import GateError
+from gate_core.netutil import DEFAULT_PORT, DEFAULT_TLS_PORT, BrokerError, BrokerUrl, parse_broker_url  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-DEFAULT_PORT, DEFAULT_TLS_PORT = 1883, 8883
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-
-
-class BrokerError(GateError):
-    code = "broker_error"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    host: str
-    port: int
-    tls: bool
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def parse_broker_url(url: str) -> BrokerUrl:
-    """``mqtt://host[:port]`` (1883) or ``mqtts://host[:port]`` (8883)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/") \
-            or parts.query or parts.fragment or parts.username or parts.password:
-        raise BrokerError(f"broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]",
-                          code="broker_url")
-    try:
-        port = parts.port
-    except ValueError:
-        raise BrokerError(f"broker URL {url!r}: port must be 1-65535", code="broker_url") from None
-    tls = parts.scheme == "mqtts"
-    if port == 0:
-        raise BrokerError(f"broker URL {url!r}: port must be 1-65535", code="broker_url")
-    return BrokerUrl(parts.hostname, port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT), tls)
 
 
 def free_port(host: str = LOOPBACK) -> int:

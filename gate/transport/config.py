@@ -7,16 +7,8 @@ import re
 from pydantic import Field, field_validator
 
 from gate.energy.wire import TLS_RECORD_OVERHEAD_B, SessionBytes
-from gate.strict import Strict
-
-
-class TlsConfig(Strict):
-    """TLS towards the broker."""
-
-    enabled: bool = Field(False, description="Connect with TLS (implied by an mqtts:// broker URL)")
-    ca_file: str | None = Field(None, description="CA certificate that signed the broker's certificate (PEM)")
-    cert_file: str | None = Field(None, description="This node's client certificate (PEM), for mutual TLS")
-    key_file: str | None = Field(None, description="This node's client key (PEM), for mutual TLS")
+from gate_core.strict import Strict
+from gate_core.tls import TlsConfig
 
 
 class MqttConfig(Strict):
@@ -64,7 +56,7 @@ def estimated_session(mqtt: MqttConfig) -> SessionBytes:
     the verdict and config subscriptions, keepalives), for when no transport is running. The broker
     password, a secret, is not read: its bytes are left out of the CONNECT."""
     from gate import __version__
-    from gate.wire import NodeTopics, Status, default_client_id, new_id
+    from gate_core.wire import NodeTopics, Status, default_client_id, new_id
 
     topics = NodeTopics(mqtt.node_id, mqtt.topic_prefix)
     offline = Status(node_id=mqtt.node_id, state="offline", boot_id=new_id(), version=__version__).to_json()

@@ -45,12 +45,12 @@ from pydantic import ValidationError
 from gate import __version__
 from gate.energy import RADIO, EnergyLedger, wire_bytes
 from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OVERHEAD_B, SessionBytes
-from gate.errors import GateError
-from gate.transport.broker import parse_broker_url
-from gate.transport.config import MqttConfig, TlsConfig, uses_tls
-from gate.transport.netutil import UnreachableLog, set_no_delay
+from gate.transport.config import MqttConfig, uses_tls
 from gate.transport.spool import Spool, SpoolEntry, SpoolError
-from gate.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, default_client_id, new_id
+from gate_core.errors import GateError
+from gate_core.netutil import UnreachableLog, parse_broker_url, set_no_delay
+from gate_core.tls import TlsConfig
+from gate_core.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, default_client_id, new_id
 
 log = logging.getLogger(__name__)
 

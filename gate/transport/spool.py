@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from gate.errors import GateError
+from gate_core.errors import GateError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from gate.audio import SAMPLE_RATE, float_to_int16
-from gate.errors import AudioInputError
+from gate_core.audio import SAMPLE_RATE, float_to_int16
+from gate_core.errors import AudioInputError
 
 MIN_RATE, MAX_RATE = 8_000, 192_000
 MAX_CHANNELS = 8

@@ -17,7 +17,7 @@ SATELLITE_EVENTS = ("transcribe", "run-pipeline", "audio")
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    from gate.cliutil import input_file, number
+    from gate_core.cliutil import input_file, number
 
     p.add_argument("--uri", metavar="URI",
                    help=f"serve the Wyoming wake-word protocol here: tcp://HOST:PORT or unix://PATH "
@@ -51,7 +51,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gate.cliutil import fail
+    from gate_core.cliutil import fail
 
     satellite = args.satellite_uri is not None
     if satellite and args.uri is not None:
@@ -101,7 +101,7 @@ def _logging(level: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m gate.wyoming`: the subcommand with gate-node's global options in front of its own."""
-    from gate.cliutil import Parser, boundary
+    from gate_core.cliutil import Parser, boundary
 
     p = Parser(prog="python -m gate.wyoming", description="gate-node wyoming, on its own.")
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("GATE_THRESHOLDS"),

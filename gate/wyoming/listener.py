@@ -17,11 +17,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gate.wyoming.audio import PcmConverter, PcmFormat
+
+if TYPE_CHECKING:
+    from gate.config import GateSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,10 @@ class WakeWord:
     version: str | None = None
 
 
-def wake_word_of(settings: Any) -> WakeWord:
+def wake_word_of(settings: GateSettings) -> WakeWord:
     """The configured model as a wake word: its card's phrase (else gate's wake phrase) and an id made of it."""
     from gate.kws.stage import default_model_path, read_card
-    from gate.vocabulary import WAKE_PHRASE
+    from gate_core.vocabulary import WAKE_PHRASE
 
     kws = settings.kws
     path = Path(kws.model_path) if kws.model_path else default_model_path(kws.feature_kind)
@@ -85,7 +88,7 @@ class StreamStats:
 class StreamDetector:
     """A connection's cascade, reused for each of its streams. Not thread-safe: one stream at a time."""
 
-    def __init__(self, settings: Any, *, on_segment: Callable[[Any], None] | None = None) -> None:
+    def __init__(self, settings: GateSettings, *, on_segment: Callable[[Any], None] | None = None) -> None:
         from gate.cascade import Cascade
         from gate.energy import ANALOG_GATE, EnergyLedger
         from gate.kws import KeywordSpotter

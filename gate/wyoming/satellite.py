@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from wyoming.asr import Transcribe, Transcript
@@ -36,8 +36,11 @@ from wyoming.event import read_event, write_event
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.wake import Detection
 
-from gate.cliutil import one_line
-from gate.errors import UsageError
+from gate_core.cliutil import one_line
+from gate_core.errors import UsageError
+
+if TYPE_CHECKING:
+    from gate.config import GateSettings
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +240,7 @@ def _describe(answer: dict) -> str:
     return f"{t} {text!r}" if text else t
 
 
-def run_satellite(settings: Any, *, uri: str, mode: str, config_path: str | None, language: str | None = None,
+def run_satellite(settings: GateSettings, *, uri: str, mode: str, config_path: str | None, language: str | None = None,
                   answer_wait_s: float = 5.0, input_file: str | None = None, realtime: bool = True,
                   broker: str | None = None) -> int:
     """The live node (microphone, or ``input_file`` fed as if it were one) with a Wyoming uplink."""
@@ -247,8 +250,8 @@ def run_satellite(settings: Any, *, uri: str, mode: str, config_path: str | None
     from gate.config import load_settings
     from gate.energy import ANALOG_GATE, EnergyLedger
     from gate.node import Node, PacedSource, open_transport
-    from gate.wire import new_id
     from gate.wyoming.listener import wake_word_of
+    from gate_core.wire import new_id
 
     boot_id = new_id()
     ledger = EnergyLedger(always_on=(ANALOG_GATE,))

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -33,10 +33,13 @@ from wyoming.server import AsyncEventHandler, AsyncServer, AsyncTcpServer, Async
 from wyoming.wake import Detect, Detection, NotDetected
 
 from gate import __version__
-from gate.cliutil import one_line
-from gate.errors import AudioInputError, GateError, UsageError
 from gate.wyoming.audio import PcmFormat, check_format
 from gate.wyoming.listener import StreamDetector, WakeWord, wake_word_of
+from gate_core.cliutil import one_line
+from gate_core.errors import AudioInputError, GateError, UsageError
+
+if TYPE_CHECKING:
+    from gate.config import GateSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ def build_info(wake: WakeWord) -> Info:
 class WakeService:
     """What every connection shares: the settings, the announced wake word and the worker threads."""
 
-    def __init__(self, settings: Any, *, workers: int | None = None) -> None:
+    def __init__(self, settings: GateSettings, *, workers: int | None = None) -> None:
         self.settings = settings
         self.wake = wake_word_of(settings)
         self.info = build_info(self.wake)
@@ -289,7 +292,7 @@ def _server(uri: str) -> AsyncServer:
     return server
 
 
-async def serve(settings: Any, uri: str, *, stop: asyncio.Event | None = None,
+async def serve(settings: GateSettings, uri: str, *, stop: asyncio.Event | None = None,
                 started: asyncio.Event | None = None) -> int:
     """Serve until SIGINT/SIGTERM (or until ``stop`` is set); 0 on a clean stop."""
     server = _server(uri)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from gate.strict import Strict
+from gate_core.strict import Strict
 
 
 class NonIdealConfig(Strict):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.errors import ConfigError
+from gate_core.errors import ConfigError
 from sensors.analog.config import AnalogConfig, CrossbarConfig
 from sensors.analog.crossbar import CrossbarLayer
 from sensors.analog.detect import OnePole, rc_coefficient

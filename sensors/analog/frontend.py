@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gate.errors import ConfigError
+from gate_core.errors import ConfigError
 from sensors.analog.board import TickNoise, draw_mismatch
 from sensors.analog.config import AnalogConfig
 from sensors.analog.crossbar_decision import CrossbarDecision

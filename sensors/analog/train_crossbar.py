@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.metrics import wake_windows
+from gate_core.metrics import wake_windows
 from sensors.analog.config import AnalogConfig, CrossbarConfig
 from sensors.analog.crossbar_decision import CrossbarDecision, CrossbarNet, delay_rows
 from sensors.analog.frontend import AnalogFrontEnd
@@ -76,7 +76,7 @@ def render_scene(recipe_name: str, seed: int, out: Path, duration_s: float = SCE
 
 def scene_levels(directory: Path, board_seed: int, cache: Path | None = None) -> tuple[np.ndarray, list, np.ndarray]:
     """(levels above floor per tick (n, channels) float32, labels, the comparator gate per tick) of a scene."""
-    from gate.replay import scenario_inputs
+    from sensors.scenario import scenario_inputs
     from sensors.wavfile import AudioFileSource
 
     audio, labels = scenario_inputs(directory)

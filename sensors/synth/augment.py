@@ -18,8 +18,8 @@ from pydantic import Field, field_validator, model_validator
 from scipy import fft as sp_fft
 from scipy import signal
 
-from gate.audio import SAMPLE_RATE, float_to_int16
-from gate.strict import Strict
+from gate_core.audio import SAMPLE_RATE, float_to_int16
+from gate_core.strict import Strict
 from sensors.synth import noise as noise_mod
 from sensors.synth.recipe_io import Range
 

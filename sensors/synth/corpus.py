@@ -24,9 +24,9 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from gate.audio import SAMPLE_RATE
-from gate.strict import Strict
-from gate.vocabulary import normalise, wake_phrase
+from gate_core.audio import SAMPLE_RATE
+from gate_core.strict import Strict
+from gate_core.vocabulary import normalise, wake_phrase
 from sensors.synth import confusables, rooms, tts
 from sensors.synth.augment import AugmentConfig, RirBank, augment
 from sensors.synth.errors import DataError, TTSError

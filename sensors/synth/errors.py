@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gate.errors import GateError
+from gate_core.errors import GateError
 
 
 class DataError(GateError):

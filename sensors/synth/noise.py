@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 from scipy import signal
 
-from gate.audio import SAMPLE_RATE
+from gate_core.audio import SAMPLE_RATE
 
 STATIONARY = ("white", "pink", "brown", "hum", "fan")
 KINDS = STATIONARY + ("clicks", "babble")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gate.audio import SAMPLE_RATE
+from gate_core.audio import SAMPLE_RATE
 
 SPEED_OF_SOUND = 343.0
 EARLY_S = 0.08  # image sources cover this much after the direct path

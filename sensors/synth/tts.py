@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from gate.audio import SAMPLE_RATE
+from gate_core.audio import SAMPLE_RATE
 from sensors.synth import espeak_variants as randvar
 from sensors.synth.errors import TTSError
 from sensors.wavfile import resample

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gate.audio import SAMPLE_RATE
+from gate_core.audio import SAMPLE_RATE
 
 FRAME_MS = 5.0
 F0_FLOOR, F0_CEIL = 50.0, 600.0

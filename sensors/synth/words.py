@@ -3,7 +3,7 @@ words, and the command vocabulary spoken without the wake word (which must not w
 
 from __future__ import annotations
 
-from gate.vocabulary import command_phrases, normalise
+from gate_core.vocabulary import command_phrases, normalise
 
 COMMON_WORDS = (
     "yes no maybe hello hi okay thanks please sorry right left today tomorrow yesterday morning "

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gate.kws.detector import Detector
+from gate_core.detector import Detector
 
 EARLY_S = 0.25
 LATE_S = 1.0

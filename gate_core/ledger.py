@@ -40,6 +40,8 @@ SNAPSHOT_VERSION = 1
 # Stage names end up as JSON keys, YAML keys and metric labels: keep them boring.
 _STAGE_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
+J_PER_KWH = 3.6e6  # joules in a kilowatt-hour
+
 
 def validate_stage(stage: str) -> str:
     """Return ``stage`` if it is a usable stage name; later pipeline stages may add new ones."""

@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gate.strict import Strict
-from gate.transport.config import TlsConfig
+from gate_core.strict import Strict
+from gate_core.tls import TlsConfig
 
 _LEVEL = r"[A-Za-z0-9_.-]{1,64}"
 

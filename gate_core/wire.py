@@ -43,9 +43,9 @@ import numpy as np
 import soundfile as sf
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gate.energy.ledger import LedgerSnapshot
-from gate.errors import GateError
-from gate.strict import Strict
+from gate_core.errors import GateError
+from gate_core.ledger import LedgerSnapshot
+from gate_core.strict import Strict
 
 SCHEMA_VERSION = 1
 FRAME_MAGIC = b"GSG"

@@ -6,6 +6,10 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from gate_core.errors import GateError
 
 
 def set_no_delay(sock: socket.socket | None) -> None:
@@ -46,3 +50,37 @@ class UnreachableLog:
             self.log.warning("broker %s reachable again after %d failed attempt(s)", self.where, self.failures)
         self.failures = 0
         self._last = None
+
+
+DEFAULT_PORT, DEFAULT_TLS_PORT = 1883, 8883
+
+
+class BrokerError(GateError):
+    code = "broker_error"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerUrl:
+    """``mqtt://host[:port]`` (1883) or ``mqtts://host[:port]`` (8883)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise BrokerError(f"broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]",
+                          code="broker_url")
+    try:
+        port = parts.port
+    except ValueError:
+        raise BrokerError(f"broker URL {url!r}: port must be 1-65535", code="broker_url") from None
+    tls = parts.scheme == "mqtts"
+    if port == 0:
+        raise BrokerError(f"broker URL {url!r}: port must be 1-65535", code="broker_url")
+    return BrokerUrl(parts.hostname, port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT), tls)
