@@ -1,4 +1,4 @@
-"""`gate-cloud`: the cloud side's command line (`train`, `serve`)."""
+"""`gate-cloud`: the cloud side's command line (`train`, `serve`, `federate`, `keygen`, `release`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cloud.service.cli import add_serve_parser, serve
 from gate_core import __version__
-from gate_core.cliutil import Parser, boundary, fail, input_dir, input_file, number, output_dir, parse
+from gate_core.cliutil import Parser, boundary, fail, input_dir, input_file, number, output_dir, parse, read_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +59,71 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each node's held-out scene length (default 6)")
     f.add_argument("--cache-dir", type=output_dir, default=None,
                    help="keep synthesised speech here for reruns (default: out/cache/federated)")
+    k = sub.add_parser("keygen", help="make the Ed25519 key pair that signs model releases (release.key, 0600; "
+                                      "release.pub for the nodes' kws.ota.public_key)")
+    k.add_argument("--out", required=True, type=output_dir, help="directory for release.key and release.pub")
+    r = sub.add_parser("release", help="sign a .tflite and its card and publish it, retained, to the fleet or one node")
+    r.add_argument("model", type=input_file, help="the int8 .tflite to release")
+    r.add_argument("--card", required=True, type=input_file, help="its model card (JSON object)")
+    r.add_argument("--key", required=True, type=input_file, help="release.key from gate-cloud keygen")
+    r.add_argument("--node", default=None, help="one node's id (default: the whole fleet)")
+    r.add_argument("--broker", action="append", type=host_port, default=None, metavar="HOST:PORT",
+                   help="broker to publish on (repeatable; default 127.0.0.1:1883)")
+    r.add_argument("--prefix", default="gate", help="topic prefix (the nodes' mqtt.topic_prefix)")
+    r.add_argument("--username", default=None, help="broker user (the cloud user of deploy/mosquitto)")
+    r.add_argument("--password-file", type=input_file, default=None, help="file holding that user's password")
+    r.add_argument("--wait-s", type=number(lo=0, hi=3600), default=0.0,
+                   help="then print the nodes' acks (JSON lines) for this long, s")
     add_serve_parser(sub)
     return p
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """An argparse ``type``: HOST:PORT with a port in 1-65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (port 1-65535)")
+    return host, int(port)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from cloud.release import keygen
+
+    priv, pub = keygen(args.out)
+    print(f"wrote {priv} (keep it on the release host, mode 0600) and {pub} (give it to every node)")
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from cloud.release import AckCollector, build_release, publish_release
+    from gate.kws.interpreter import TFLiteModel
+    from gate_core.release import load_private_key, sha256_hex
+
+    key = load_private_key(args.key)
+    card = read_json(args.card, "model card")
+    if not isinstance(card, dict):
+        fail(f"{args.card}: a model card is a JSON object, not {type(card).__name__}", code="input_invalid")
+    model = args.model.read_bytes()
+    if not model:
+        fail(f"{args.model}: empty model file", code="input_invalid")
+    TFLiteModel(model_content=model)  # refuses a file no node could load, before anything is published
+    payload = build_release(model, card, key, node=args.node)
+    password = args.password_file.read_text().rstrip("\r\n") if args.password_file else None
+    sha = sha256_hex(model)
+    for host, port in args.broker or [("127.0.0.1", 1883)]:
+        collector = AckCollector(host, port, prefix=args.prefix, username=args.username, password=password)
+        with collector:
+            topic = publish_release(host, port, payload, node=args.node, prefix=args.prefix,
+                                    username=args.username, password=password)
+            print(json.dumps({"broker": f"{host}:{port}", "topic": topic, "sha256": sha, "bytes": len(payload)}))
+            if args.wait_s:
+                import time
+
+                time.sleep(args.wait_s)
+                for _node, (_, ack) in sorted(collector.acks.items()):
+                    if ack.sha256 == sha:
+                        print(ack.to_json().decode())
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -134,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    commands = {"train": _train, "ship": lambda a: _ship(a.run_dir), "serve": serve, "federate": _federate}
+    commands = {"train": _train, "ship": lambda a: _ship(a.run_dir), "serve": serve, "federate": _federate,
+                "keygen": _keygen, "release": _release}
     return boundary(f"gate-cloud {args.command}", lambda: commands[args.command](args))
 
 if __name__ == "__main__":

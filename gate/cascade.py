@@ -283,6 +283,15 @@ class Cascade:
         self.encoder.codec = settings.segmenter.codec
         self._gate_open = self._kws_on = self._adc_on = self._delivering = False
 
+    def swap_kws(self, kws: Spotter) -> None:
+        """Put another keyword spotter in (an over-the-air release) between segments, keeping the audio
+        clock: a spotter running on an open gate restarts on the next sample, nothing else changes."""
+        if self.segmenter.collecting:
+            raise RuntimeError("swap_kws while a segment is being collected")
+        if self._kws_on:
+            kws.reset(self._pos / self.sample_rate)
+        self.kws = kws
+
     def flush(self) -> CascadeOutput:
         """End of stream: a segment being collected ends with the audio."""
         out = CascadeOutput()

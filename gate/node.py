@@ -31,6 +31,7 @@ from gate_core.wire import Verdict
 
 if TYPE_CHECKING:
     from gate.cascade import Cascade, CascadeOutput
+    from gate.ota import OtaAgent
     from gate.transport.mqtt import MqttTransport
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ class Node:
     """Source -> Cascade -> transport, with heartbeats, live reloads and a bounded, clean stop."""
 
     def __init__(self, *, settings: GateSettings, cascade: Cascade, source: Source, transport: MqttTransport | None,
-                 config_path: str | None = None, load: Callable[[str | None], GateSettings] | None = None) -> None:
+                 config_path: str | None = None, load: Callable[[str | None], GateSettings] | None = None,
+                 ota: OtaAgent | None = None) -> None:
         self.settings = settings
+        self.ota = ota  # over-the-air releases, swapped in between segments (gate/ota.py)
         self.cascade = cascade
         self.source = source
         self.transport = transport
@@ -147,6 +150,8 @@ class Node:
                     self._reload()
                 if self._pending_settings is not None and not self.cascade.segmenter.collecting:
                     self._apply(self._pending_settings)
+                if self.ota is not None:
+                    self.ota.swap_in(self.cascade)
                 try:
                     block = self.source.read(timeout=0.2)
                 except EndOfStream:
@@ -226,6 +231,8 @@ class Node:
             return
         try:
             new = self._load(self.config_path)
+            if self.ota is not None:
+                new = self.ota.effective(new)  # an installed release stays the model
         except SettingsError as exc:
             self.stats.reload_failures += 1
             log.error("SIGHUP: %s is invalid; keeping the running settings:\n%s", self.config_path, exc)
@@ -271,12 +278,19 @@ def run_node(*, settings: GateSettings, config_path: str | None, input_file: str
 
     from gate.cascade import Cascade
     from gate.energy import ANALOG_GATE, EnergyLedger
+    from gate.ota import OtaAgent
     from gate_core.wire import new_id
 
     boot_id = new_id()
     ledger = EnergyLedger(always_on=(ANALOG_GATE,))
     with ExitStack() as stack:
         transport = open_transport(settings, ledger=ledger, boot_id=boot_id, broker=broker, stack=stack)
+        ota = OtaAgent.from_settings(settings)
+        if ota is not None:
+            settings = ota.effective(settings)
+            ota.attach(transport)
+            ota.start()
+            stack.callback(ota.close)
         cascade = Cascade.from_config(settings, ledger=ledger, publisher=transport, boot_id=boot_id,
                                       wall_clock=time.time)
         if source is None and input_file is not None:
@@ -291,7 +305,7 @@ def run_node(*, settings: GateSettings, config_path: str | None, input_file: str
                                 target_rate=settings.audio.sample_rate)
             source.start()
         node = Node(settings=settings, cascade=cascade, source=source, transport=transport,
-                    config_path=config_path, load=load_settings)
+                    config_path=config_path, load=load_settings, ota=ota)
         if install_signals and threading.current_thread() is threading.main_thread():
             node.install_signal_handlers()
         transport.start()

@@ -125,6 +125,19 @@ class Carbon(Strict):
         return self
 
 
+class Storage(Strict):
+    """What the node can hold: the largest KWS model an over-the-air release may bring (gate/ota.py)."""
+
+    model_max_bytes: int | None = Field(default=None, gt=0, description="null = no limit of the profile's own")
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _sourced(self) -> Storage:
+        if self.model_max_bytes is not None and not self.source.strip():
+            raise ValueError("model_max_bytes needs a non-empty 'source' (datasheet or 'A: assumption')")
+        return self
+
+
 class DeviceProfile(Strict):
     """A device's price list. Extra node stages may be added as lower-case identifiers."""
 
@@ -134,6 +147,7 @@ class DeviceProfile(Strict):
     stages: dict[str, StagePower]
     cloud: CloudPower
     carbon: Carbon = Field(default_factory=Carbon)
+    storage: Storage = Field(default_factory=Storage)
 
     @field_validator("stages")
     @classmethod

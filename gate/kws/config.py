@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from gate_core.strict import Strict
 
@@ -22,6 +22,35 @@ class SecondStageConfig(Strict):
         None, description="Embedding-head .tflite; null = the shipped gate/models/second_stage.tflite")
     threshold: float | None = Field(
         None, gt=0.0, lt=1.0, description="Accept at or above this score; null = the model card's threshold")
+
+
+class OtaConfig(Strict):
+    """Signed over-the-air model releases (docs/ota.md): off until public_key names the cloud's key."""
+
+    public_key: str | None = Field(
+        None, description="Ed25519 public key (PEM, from gate-cloud keygen) whose signed releases this node "
+                          "installs from <topic_prefix>/fleet/model and <topic_prefix>/<node_id>/model; null = "
+                          "over-the-air updates off")
+    model_dir: str = Field(
+        "~/.local/state/gate/models", description="Where installed models, the previous one and the state file "
+                                                  "naming the active model are kept")
+    self_test: str | None = Field(
+        None, description="Directory with selftest.json and its clips a release must pass (wake clips detected, "
+                          "reject clips not); null = the shipped gate/selftest")
+
+    @field_validator("public_key", "self_test")
+    @classmethod
+    def _path_or_null(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("give a file path or null")
+        return v
+
+    @field_validator("model_dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give a directory path")
+        return v
 
 
 class KwsConfig(Strict):
@@ -48,6 +77,8 @@ class KwsConfig(Strict):
     second_stage: SecondStageConfig = Field(
         default_factory=SecondStageConfig,
         description="On-node check of each candidate on speech embeddings before upload (Pi-class nodes)")
+    ota: OtaConfig = Field(default_factory=OtaConfig,
+                           description="Signed over-the-air releases of this model (the cloud's public key)")
 
     @model_validator(mode="after")
     def _smoothing_covers_inferences(self) -> KwsConfig:

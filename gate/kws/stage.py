@@ -85,18 +85,28 @@ class KeywordSpotter:
         if not config.model_path and not path.is_file():
             raise ModelError(f"{path}: no shipped model for feature_kind {config.feature_kind!r}; train one "
                              "(gate-cloud train) and set kws.model_path", code="model_missing")
-        featurizer = Featurizer(config.feature_kind, sample_rate)
-        period = config.stride_frames * featurizer.period_s
         card = read_card(path)
+        cls._check_card(config, card, path)
+        return cls.from_parts(config, TFLiteModel(model_path=path), card, sample_rate, keep_scores=keep_scores)
+
+    @staticmethod
+    def _check_card(config: KwsConfig, card: dict, where: object) -> None:
         trained_on = card.get("feature_kind")
         if trained_on is not None and trained_on != config.feature_kind:
             # log-mel and PCEN frames have the same width: only the card can tell them apart.
-            raise ModelError(f"{path}: trained on {trained_on!r} features but kws.feature_kind is "
+            raise ModelError(f"{where}: trained on {trained_on!r} features but kws.feature_kind is "
                              f"{config.feature_kind!r}", code="model_mismatch")
+
+    @classmethod
+    def from_parts(cls, config: KwsConfig, model: TFLiteModel, card: dict, sample_rate: int = 16_000, *,
+                   keep_scores: bool = False, where: object = "<model>") -> KeywordSpotter:
+        """A spotter on an already loaded model and its card (an over-the-air release, before it is installed)."""
+        cls._check_card(config, card, where)
+        featurizer = Featurizer(config.feature_kind, sample_rate)
+        period = config.stride_frames * featurizer.period_s
         threshold = config.threshold if config.threshold is not None else _card_threshold(card)
         detector = Detector(threshold=threshold, smoothing_s=config.smoothing_s,
                             min_consecutive=config.min_consecutive, refractory_s=config.refractory_s, period_s=period)
-        model = TFLiteModel(model_path=path)
         return cls(model=model, featurizer=featurizer, detector=detector, stride_frames=config.stride_frames,
                    keep_scores=keep_scores, logits=outputs_logits(model, card))
 

@@ -147,6 +147,8 @@ class MqttTransport:
         self._offline = Status(node_id=node_id, state="offline", boot_id=self.boot_id, version=__version__).to_json()
         self._client.will_set(self.topics.status, self._offline, qos=1, retain=True)
         self._subscriptions = [(self.topics.verdict, 1), (self.topics.config, 1)]
+        self._handlers: dict[str, Callable[[str, bytes], None]] = {}
+        self._username, self._password = username, password
         # Session control on the radio (gate.energy.wire): CONNECT/CONNACK and SUBSCRIBE/SUBACK at every
         # connect, a PINGREQ/PINGRESP exchange per keepalive period, DISCONNECT at the end.
         self._session = SessionBytes.of(client_id=self.client_id, will_topic=self.topics.status,
@@ -216,6 +218,22 @@ class MqttTransport:
         self._worker.start()
         self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         self._client.loop_start()
+
+    def add_subscription(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+        """Also subscribe to ``topic`` (QoS 1) and hand each message to ``handler(topic, payload)`` on the
+        worker thread (keep it short). Before :meth:`start` only."""
+        if self._worker is not None:
+            raise TransportError("add_subscription after start", code="transport_state")
+        self._subscriptions.append((topic, 1))
+        self._handlers[topic] = handler
+        self._session = SessionBytes.of(client_id=self.client_id, will_topic=self.topics.status,
+                                        will_payload=self._offline, username=self._username, password=self._password,
+                                        subscribe=[t for t, _ in self._subscriptions],
+                                        tls_record_overhead=self._tls_overhead, keepalive_s=self.keepalive_s)
+
+    def publish_message(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish ``payload`` on ``topic`` from the worker thread (not spooled; paho holds QoS 1 until it is sent)."""
+        self._events.put(("send", topic, payload, qos))
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -467,6 +485,11 @@ class MqttTransport:
             self._handle_verdict(payload)
         elif topic == self.topics.config:
             self._handle_config(payload)
+        elif topic in self._handlers:
+            self._handlers[topic](topic, payload)
+
+    def _on_send(self, topic: str, payload: bytes, qos: int) -> None:
+        self._send(topic, payload, qos=qos)
 
     def _drain(self) -> None:
         if not self.connected or self._hold_until_resent:
