@@ -170,8 +170,9 @@ class Head:
 
 def fine_tune(params: dict, layout: HeadLayout, r: np.ndarray, d: np.ndarray, y: np.ndarray, *,
               epochs: int = 30, lr: float = 3e-3, batch: int = 64, proximal_mu: float = 0.0,
-              l2: float = 1e-4, trainable: str = "pw+fc", seed: int = 0) -> tuple[dict, dict]:
-    """Adam on class-balanced binary cross-entropy, plus FedProx's proximal term ``mu/2 ||w - w0||^2``
+              l2: float = 1e-4, trainable: str = "pw+fc", seed: int = 0,
+              positive_share: float = 0.5) -> tuple[dict, dict]:
+    """Adam on binary cross-entropy with the positives given ``positive_share`` of the total weight, plus FedProx's proximal term ``mu/2 ||w - w0||^2``
     towards the received weights ``params``. Returns (new params, training stats)."""
     names = LAYERS[trainable]
     head = Head(layout)
@@ -180,7 +181,8 @@ def fine_tune(params: dict, layout: HeadLayout, r: np.ndarray, d: np.ndarray, y:
     y = np.asarray(y, np.float32)
     n_pos = max(1.0, float(y.sum()))
     n_neg = max(1.0, float(len(y) - y.sum()))
-    weight = np.where(y > 0.5, len(y) / (2 * n_pos), len(y) / (2 * n_neg)).astype(np.float32)
+    weight = np.where(y > 0.5, len(y) * positive_share / n_pos,
+                      len(y) * (1 - positive_share) / n_neg).astype(np.float32)
     m = {k: np.zeros_like(p[k]) for k in names}
     v = {k: np.zeros_like(p[k]) for k in names}
     rng = np.random.default_rng(seed)

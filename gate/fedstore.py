@@ -24,6 +24,10 @@ POSITIVE, NEGATIVE = 1, 0
 # it; a rejected segment's windows are all negatives, over a wider span.
 POSITIVE_OFFSETS_S = (-0.09, -0.06, -0.03, 0.0, 0.03, 0.06, 0.09)
 NEGATIVE_OFFSETS_S = (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)
+# An accepted segment also holds what its speaker said after the phrase (the command window) and the phrase
+# cut short (windows ending 0.45-0.6 s before the fire hear "hey jar-"): negatives in the same voice, so the
+# head learns the whole phrase, not the speaker.
+AFTER_OFFSETS_S = (-0.6, -0.45, 0.8, 1.1, 1.4, 1.7, 2.0, 2.3, 2.6)
 MAX_PENDING = 64  # segments awaiting a verdict; the oldest is forgotten past this
 
 
@@ -73,7 +77,8 @@ class FeatureStore:
         self.background_cap = int(round(capacity * background_share))
         self.labelled_cap = self.capacity - self.background_cap
         self.frames, self.dim, self.quant = int(frames), int(dim), quant
-        self._pending: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        self._after: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._pending: OrderedDict[str, tuple[np.ndarray, int, np.ndarray | None]] = OrderedDict()
         empty = np.zeros((0, self.frames, self.dim), np.int8)
         self.x, self.y = empty, np.zeros(0, np.int8)        # labelled ring
         self.bg = empty.copy()                               # background ring (all negatives)
@@ -83,19 +88,35 @@ class FeatureStore:
 
     # -- the node's hooks ---------------------------------------------------------------------
 
-    def hold(self, segment_id: str, windows: np.ndarray, audio_bytes: int = 0) -> None:
-        """Windows of a published segment, until its verdict arrives (memory only, bounded)."""
-        self._pending[segment_id] = (self._q(windows), int(audio_bytes))
+    def hold(self, segment_id: str, windows: np.ndarray, audio_bytes: int = 0,
+             if_rejected: np.ndarray | None = None) -> None:
+        """Windows of a published segment, until its verdict arrives (memory only, bounded); a rejection
+        labels ``if_rejected`` instead when given (the wider span of hard negatives)."""
+        rej = self._q(if_rejected) if if_rejected is not None else None
+        self._pending[segment_id] = (self._q(windows), int(audio_bytes), rej)
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
+
+    def hold_after(self, segment_id: str, windows: np.ndarray) -> None:
+        """Windows after the phrase of a held segment: negatives whichever the verdict."""
+        if segment_id in self._after or segment_id in self._pending:
+            self._after[segment_id] = self._q(windows)
+            while len(self._after) > MAX_PENDING:
+                self._after.popitem(last=False)
 
     def verdict(self, segment_id: str, accepted: bool) -> int:
         """Label the held windows of ``segment_id``; returns how many joined the store (0: none held)."""
         held = self._pending.pop(segment_id, None)
+        after = self._after.pop(segment_id, None)
         if held is None:
             return 0
-        q, audio_bytes = held
-        self.add(q, np.full(len(q), POSITIVE if accepted else NEGATIVE, np.int8), audio_bytes=audio_bytes)
+        q, audio_bytes, rej = held
+        if not accepted and rej is not None:
+            q = rej
+        y = np.full(len(q), POSITIVE if accepted else NEGATIVE, np.int8)
+        if after is not None and len(after):
+            q, y = np.concatenate([q, after]), np.concatenate([y, np.full(len(after), NEGATIVE, np.int8)])
+        self.add(q, y, audio_bytes=audio_bytes)
         return len(q)
 
     def on_verdict(self, verdict) -> int:
@@ -164,3 +185,26 @@ class FeatureStore:
             y[-self.labelled_cap:] if self.labelled_cap else y[:0]
         self.bg = bg[-self.background_cap:] if self.background_cap else bg[:0]
         self.labelled_bytes_in = int(meta.get("labelled_bytes_in", 0))
+
+
+class Collector:
+    """The node's side of the store: ``on_segment`` is the cascade's hook for every published segment
+    (``Cascade.on_segment``), ``on_verdict`` the transport's verdict callback. Only the feature windows
+    around each fire are kept; the segment's audio goes nowhere but the upload it already was."""
+
+    def __init__(self, store: FeatureStore, featurizer) -> None:
+        self.store = store
+        self.featurizer = featurizer
+
+    def on_segment(self, published) -> None:
+        seg = published.segment
+        fire = seg.t_detect_s - seg.t_start_s
+        pos = fire_windows(self.featurizer, seg.samples, fire, self.store.frames, offsets_s=POSITIVE_OFFSETS_S)
+        neg = fire_windows(self.featurizer, seg.samples, fire, self.store.frames, offsets_s=NEGATIVE_OFFSETS_S)
+        sid = published.encoded.segment_id
+        self.store.hold(sid, pos, audio_bytes=int(seg.samples.size) * 2, if_rejected=neg)
+        self.store.hold_after(sid, fire_windows(self.featurizer, seg.samples, fire, self.store.frames,
+                                                offsets_s=AFTER_OFFSETS_S))
+
+    def on_verdict(self, verdict) -> int:
+        return self.store.on_verdict(verdict)

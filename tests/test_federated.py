@@ -129,3 +129,24 @@ def test_small_flower_run_improves_own_speakers(tmp_path):
     assert sum(r["after"]["false_accepts"] for r in rows) <= sum(r["before"]["false_accepts"] for r in rows) + 1
     assert rows[0]["update_bytes_per_round"] == (80 * 80 + 80 + 80 + 1) * 4
     assert (tmp_path / "fed" / "federated.json").is_file()
+
+
+def test_collector_holds_windows_of_published_segments_until_the_verdict(tmp_path):
+    from types import SimpleNamespace
+
+    from gate.fedstore import AFTER_OFFSETS_S, NEGATIVE_OFFSETS_S, POSITIVE_OFFSETS_S, Collector
+    from gate.kws.featurize import Featurizer
+
+    s = _store(tmp_path, capacity=100, share=0.0)
+    c = Collector(s, Featurizer("logmel"))
+    audio = (np.random.default_rng(4).normal(size=80000) * 2000).astype(np.int16)  # 5 s: 1.8 s before the fire
+    for sid in ("ok", "bad"):
+        seg = SimpleNamespace(samples=audio, t_start_s=10.0, t_detect_s=11.8)
+        c.on_segment(SimpleNamespace(segment=seg, encoded=SimpleNamespace(segment_id=sid)))
+    assert len(s) == 0 and not s.path.exists()  # nothing labelled, nothing on disk before a verdict
+    after = len(AFTER_OFFSETS_S)  # the command window's windows: negatives in the same voice
+    assert c.on_verdict(SimpleNamespace(segment_id="ok", accepted=True)) == len(POSITIVE_OFFSETS_S) + after
+    assert c.on_verdict(SimpleNamespace(segment_id="bad", accepted=False)) == len(NEGATIVE_OFFSETS_S) + after
+    assert s.counts["positives"] == len(POSITIVE_OFFSETS_S)
+    assert s.counts["hard_negatives"] == len(NEGATIVE_OFFSETS_S) + 2 * after
+    assert s.labelled_bytes_in == 2 * audio.nbytes

@@ -28,7 +28,7 @@ from cloud.federated import flower
 from cloud.train import corpus, scenes
 from cloud.train.pipeline import _detect, _posteriors, _rng, _segment, cached_renders, verified
 from cloud.train.recipe import Recipe
-from gate.fedstore import fire_windows
+from gate.fedstore import AFTER_OFFSETS_S, fire_windows
 from gate.kws.config import KwsConfig
 from gate.kws.featurize import Featurizer
 from gate.segmenter import SegmenterConfig
@@ -54,8 +54,12 @@ class Sizes:
     keywords_per_hour: float = 150.0
     confusables_per_hour: float = 30.0
     dev_minutes: float = 4.0
-    epochs: int = 20
+    epochs: int = 12
     lr: float = 2e-3
+    # While it collects labels a node also uploads candidates above this posterior (below its detection
+    # threshold, so they wake nothing): the verifier's verdicts on them label its near misses and near false
+    # accepts, the windows a fine-tune learns most from. More uploads, counted in the report.
+    label_threshold: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -148,27 +152,39 @@ def node_scenes(recipe: Recipe, spec: NodeSpec, rs: list, sizes: Sizes) -> tuple
             _scene(spec.room, b, sizes.heldout_minutes, sizes, rng_h, spec.level_jitter_db))
 
 
-def collect(root: Path, scene: scenes.Scene, cfg: KwsConfig, verifier, *, seed: int) -> dict:
+def collect(root: Path, scene: scenes.Scene, cfg: KwsConfig, verifier, *, seed: int,
+            label_threshold: float | None = None) -> dict:
     """Replay ``scene`` through the node's KWS; each fire's segment goes to the verifier and its verdict
     labels the windows in the node's store. Returns what was collected."""
     store = flower.open_store(root, cfg.model_path)
     fz = Featurizer(cfg.feature_kind)
     frames = store.frames
     scored = _posteriors(cfg, scene)
-    fires = _detect(cfg, scored)
+    detections = _detect(cfg, scored)
+    lower = label_threshold is not None and label_threshold < (cfg.threshold or 1.0)
+    fires = _detect(cfg.model_copy(update={"threshold": label_threshold}), scored) if lower else detections
     after = SegmenterConfig().command_window_s
     accepted = segment_bytes = 0
     for j, t in enumerate(fires):
         seg, fire_in = _segment(audio=scene.audio, t=t, after_s=after)
         ok = bool(verified(verifier, scene.audio, t))
         store.hold(f"seg{j}", fire_windows(fz, seg, fire_in, frames, accepted=ok), audio_bytes=seg.size * 2)
+        store.hold_after(f"seg{j}", fire_windows(fz, seg, fire_in, frames, offsets_s=AFTER_OFFSETS_S))
         store.verdict(f"seg{j}", ok)
         accepted += ok
         segment_bytes += seg.size * 2
     # Background: a share of windows the model scores firmly low, away from any fire.
     rng = np.random.default_rng(seed)
     fire_t = np.asarray(fires)
+    # Only windows with sound in them (what the node's analog gate would pass): other people's talk, the
+    # room's clatter; silence teaches the head nothing.
+    x = scene.audio.astype(np.float64)
+    c = np.concatenate([[0.0], np.cumsum(x * x)])
+    ends = np.arange(SR, x.size + 1, SR // 10)                     # 1 s windows every 0.1 s
+    sec_rms = np.sqrt((c[ends] - c[ends - SR]) / SR)                # sec_rms[k]: the second ending at 1 + k/10 s
+    loud = np.quantile(sec_rms, 0.5)
     cand = [s.t_s for s in scored if s.posterior < BACKGROUND_MAX_POSTERIOR and s.t_s > 1.2
+            and sec_rms[min(sec_rms.size - 1, int(s.t_s * 10) - 10)] > loud
             and (not fire_t.size or np.min(np.abs(fire_t - s.t_s)) > 2.0)]
     # About three background windows per labelled one (at least 100), within the store's background share.
     n_bg = min(store.background_cap, len(cand), max(100, 3 * len(store.x)))
@@ -182,7 +198,7 @@ def collect(root: Path, scene: scenes.Scene, cfg: KwsConfig, verifier, *, seed: 
             bg.append(f[-frames:])
     if bg:
         store.add_background(np.stack(bg))
-    return {"fires": len(fires), "accepted": accepted, "rejected": len(fires) - accepted,
+    return {"detections": len(detections), "fires": len(fires), "accepted": accepted, "rejected": len(fires) - accepted,
             "segment_audio_bytes": segment_bytes, **store.counts}
 
 
@@ -237,7 +253,7 @@ def federate(recipe: Recipe, out: Path, *, nodes: int, rounds: int, mu: float = 
             for f in (root / "store").iterdir():
                 f.unlink()
         col, held = node_scenes(recipe, spec, rs, sizes)
-        got = collect(root, col, base_cfg, verifier, seed=seed + spec.index)
+        got = collect(root, col, base_cfg, verifier, seed=seed + spec.index, label_threshold=sizes.label_threshold)
         heldout.append(held)
         report["per_node"].append({"node": spec.index, "voices": list(spec.voices), "room": spec.room,
                                    "rate_wpm": list(spec.rate), "pitch": list(spec.pitch),

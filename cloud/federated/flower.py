@@ -22,6 +22,9 @@ from gate.fedhead import LAYERS, extract, fine_tune, read_head
 from gate.fedstore import FeatureStore, Quant
 
 HEAD = ("pw_w", "pw_b", "fc_w", "fc_b")
+# The positives' share of the loss: below a half, a false accept costs more than a miss (the fleet's
+# false accepts are what the release gate guards).
+POSITIVE_SHARE = 0.25
 log = logging.getLogger(__name__)
 
 
@@ -58,7 +61,7 @@ def local_round(root: Path, base_model: str | Path, global_head: dict, *, epochs
         np.savez(cache, r=r, d=d, stamp=np.array(stamp))
     _, layout = read_head(base_model)
     new, stats = fine_tune(global_head, layout, r, d, y, epochs=epochs, lr=lr, proximal_mu=mu,
-                           trainable=trainable, seed=seed)
+                           trainable=trainable, seed=seed, positive_share=POSITIVE_SHARE)
     update = {k: (new[k] - global_head[k]).astype(np.float32) for k in LAYERS[trainable]}
     stats.update(examples=int(len(y)), positives=int(np.sum(y == 1)), cpu_s=time.process_time() - cpu0,
                  update_bytes=int(sum(v.nbytes for v in update.values())))
