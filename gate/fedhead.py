@@ -172,7 +172,8 @@ def fine_tune(params: dict, layout: HeadLayout, r: np.ndarray, d: np.ndarray, y:
               epochs: int = 30, lr: float = 3e-3, batch: int = 64, proximal_mu: float = 0.0,
               l2: float = 1e-4, trainable: str = "pw+fc", seed: int = 0,
               positive_share: float = 0.5) -> tuple[dict, dict]:
-    """Adam on binary cross-entropy with the positives given ``positive_share`` of the total weight, plus FedProx's proximal term ``mu/2 ||w - w0||^2``
+    """Adam on binary cross-entropy with the positives given ``positive_share`` of the total weight, plus
+    FedProx's proximal term ``mu/2 ||w - w0||^2``
     towards the received weights ``params``. Returns (new params, training stats)."""
     names = LAYERS[trainable]
     head = Head(layout)
