@@ -318,6 +318,10 @@ FORGERIES = [
     (N2.verdict, "node2", "cloud"),
     (N2.config, "node2", "cloud"),
     (N1.verdict, "node1", "cloud"),  # a node cannot answer for the cloud, even about itself
+    ("gate/fleet/model", "node2", "cloud"),  # nor release a model, to the fleet or to any node
+    ("gate/node2/model", "node2", "cloud"),
+    ("gate/node1/model", "node1", "cloud"),
+    ("gate/node2/model/ack", "cloud", "node2"),
 ]
 
 
@@ -329,6 +333,19 @@ def test_node1_cannot_publish_outside_its_own_uplink(clients, topic, observer, o
     forger.publish(topic, b"forged", retain=topic.endswith("/status"))
     online(clients, owner).publish(topic, b"marker")
     assert watcher.until(b"marker") == [(topic, b"marker")]
+
+
+def test_nodes_read_their_own_and_the_fleet_model_releases_and_the_cloud_their_acks(clients):
+    cloud = online(clients, "cloud")
+    cloud.subscribe("gate/+/model/ack")
+    node = online(clients, "node1")
+    node.subscribe("gate/node1/model", "gate/fleet/model", "gate/node2/model")
+    for topic in ("gate/node2/model", "gate/fleet/model", "gate/node1/model"):
+        cloud.publish(topic, topic.encode())
+    assert node.until(b"gate/node1/model") == [("gate/fleet/model", b"gate/fleet/model"),
+                                               ("gate/node1/model", b"gate/node1/model")]
+    node.publish("gate/node1/model/ack", b"ack")
+    assert cloud.until(b"ack") == [("gate/node1/model/ack", b"ack")]
 
 
 def test_node1_reads_nothing_of_node2_even_through_wildcards(clients):
