@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each node's held-out scene length (default 6)")
     f.add_argument("--cache-dir", type=output_dir, default=None,
                    help="keep synthesised speech here for reruns (default: out/cache/federated)")
+    f.add_argument("--key", type=input_file, default=None,
+                   help="release.key: sign a model that passes the dev gate (written as out/release/release.json)")
+    f.add_argument("--broker", action="append", type=host_port, default=None, metavar="HOST:PORT",
+                   help="with --key: also publish the signed release, retained, to the fleet on this broker")
     k = sub.add_parser("keygen", help="make the Ed25519 key pair that signs model releases (release.key, 0600; "
                                       "release.pub for the nodes' kws.ota.public_key)")
     k.add_argument("--out", required=True, type=output_dir, help="directory for release.key and release.pub")
@@ -96,7 +100,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     from cloud.release import AckCollector, build_release, publish_release
-    from gate.kws.interpreter import TFLiteModel
+    from gate.kws.interpreter import ModelError, TFLiteModel
     from gate_core.release import load_private_key, sha256_hex
 
     key = load_private_key(args.key)
@@ -106,7 +110,10 @@ def _release(args: argparse.Namespace) -> int:
     model = args.model.read_bytes()
     if not model:
         fail(f"{args.model}: empty model file", code="input_invalid")
-    TFLiteModel(model_content=model)  # refuses a file no node could load, before anything is published
+    try:
+        TFLiteModel(model_content=model)  # a file no node could load is refused before anything is published
+    except ModelError as exc:
+        fail(f"{args.model}: {exc.args[0].removeprefix('<model bytes>: ')}", code="input_invalid")
     payload = build_release(model, card, key, node=args.node)
     password = args.password_file.read_text().rstrip("\r\n") if args.password_file else None
     sha = sha256_hex(model)
@@ -161,6 +168,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signed_release(args: argparse.Namespace):
+    """The federated run's release step: sign (cloud.release), write, publish when a broker is named."""
+    from cloud.release import build_release, publish_release
+    from gate_core.release import load_private_key, sha256_hex
+
+    key = load_private_key(args.key)
+
+    def release(model: bytes, card: dict) -> dict:
+        payload = build_release(model, card, key)
+        path = args.out / "release" / "release.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+        topics = [publish_release(host, port, payload) for host, port in args.broker or []]
+        return {"path": str(path), "sha256": sha256_hex(model), "bytes": len(payload), "published": topics}
+
+    return release
+
+
 def _federate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -173,7 +198,8 @@ def _federate(args: argparse.Namespace) -> int:
     if args.heldout_minutes is not None:
         sizes = replace(sizes, heldout_minutes=args.heldout_minutes)
     report = federate(load_recipe(args.recipe), args.out, nodes=args.nodes, rounds=args.rounds, mu=args.mu,
-                      trainable=args.layers, sizes=sizes, cache_dir=args.cache_dir or Path("out/cache/federated"))
+                      trainable=args.layers, sizes=sizes, cache_dir=args.cache_dir or Path("out/cache/federated"),
+                      release=_signed_release(args) if args.key else None)
     print(json.dumps({"overall": report["overall"], "release_gate": report["release_gate"],
                       "release": report["release"], "total_s": report["total_s"]}, indent=2))
     print(f"wrote {args.out}/federated.json", file=sys.stderr)

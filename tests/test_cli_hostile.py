@@ -91,6 +91,11 @@ def _valid(root: Path) -> dict[str, Path]:
     v["recipe"] = ROOT / "datasets" / "recipes" / "hey_jarvis.yaml"
     v["scene_recipe"] = ROOT / "datasets" / "recipes" / "quiet_home.yaml"
     v["report"] = root / "ok" / "report.json"
+    from cloud.release import keygen
+
+    v["key"] = keygen(root / "ok" / "keys")[0]
+    v["model"] = ROOT / "gate" / "models" / "kws_logmel.tflite"
+    v["card"] = ROOT / "gate" / "models" / "kws_logmel.json"
     return v
 
 
@@ -106,7 +111,7 @@ NUM_COUNT = ("0", "-2", "nan", "1.5", "99999999999999999999", "x")
 NUM_FRACTION = ("-0.1", "1.5", "nan", "")
 
 # (program, argv template, hostile values). {x} is the hostile value; {audio}, {scene}, {recipe},
-# {scene_recipe}, {report} are valid inputs, {out} a valid output path, so only {x} is wrong.
+# {scene_recipe}, {report}, {model}, {card}, {key} are valid inputs, {out} a valid output path, so only {x} is wrong.
 TABLE: list[tuple[str, str, tuple[str, ...]]] = [
     ("gate-node", "config check {x}", IN_YAML),
     ("gate-node", "-c {x} replay {audio} --quiet", IN_YAML),
@@ -138,6 +143,17 @@ TABLE: list[tuple[str, str, tuple[str, ...]]] = [
     ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --mu {x}", NUM_NONNEG),
     ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --collect-minutes {x}", (*NUM_NONNEG, "0")),
     ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --cache-dir {x}", OUT_DIR),
+    ("gate-cloud", "federate --nodes 2 --rounds 1 --out {out} --key {x}", IN_FILE),
+    ("gate-cloud", "keygen --out {x}", OUT_DIR),
+    ("gate-cloud", "release {x} --card {card} --key {key} --broker 127.0.0.1:9", (*IN_FILE, "empty", "binary")),
+    ("gate-cloud", "release {model} --card {x} --key {key} --broker 127.0.0.1:9",
+     (*IN_FILE, "empty", "binary", "truncated_json", "notreport")),
+    ("gate-cloud", "release {model} --card {card} --key {x} --broker 127.0.0.1:9",
+     (*IN_FILE, "empty", "binary", "truncated_json", "thresholds")),
+    ("gate-cloud", "release {model} --card {card} --key {key} --broker {x}", ("nohost", "h:0", "h:65536", ":1883")),
+    ("gate-cloud", "release {model} --card {card} --key {key} --node {x} --broker 127.0.0.1:9",
+     ("fleet", "a/b", "#")),
+    ("gate-cloud", "release {model} --card {card} --key {key} --wait-s {x} --broker 127.0.0.1:9", NUM_NONNEG),
     ("gate-cloud", "train --recipe {x} --out {out}", IN_YAML),
     ("gate-cloud", "train --recipe {recipe} --out {x}", OUT_DIR),
     ("gate-cloud", "train --recipe {recipe} --out {out} --threads {x}", NUM_COUNT),

@@ -150,3 +150,22 @@ def test_collector_holds_windows_of_published_segments_until_the_verdict(tmp_pat
     assert s.counts["positives"] == len(POSITIVE_OFFSETS_S)
     assert s.counts["hard_negatives"] == len(NEGATIVE_OFFSETS_S) + 2 * after
     assert s.labelled_bytes_in == 2 * audio.nbytes
+
+
+def test_a_model_that_passes_is_signed_for_the_ota_path(tmp_path):
+    pytest.importorskip("cryptography")
+    import argparse
+
+    from cloud.cli import _signed_release
+    from cloud.federated.fleet import release_model
+    from cloud.release import keygen
+    from gate_core.release import decode, load_public_key
+
+    priv, pub = keygen(tmp_path / "keys")
+    model = MODEL.read_bytes()
+    card = json.loads(MODEL.with_suffix(".json").read_text())
+    args = argparse.Namespace(key=priv, out=tmp_path / "fed", broker=None)
+    got = release_model(tmp_path / "fed", model, card, passed=True, release=_signed_release(args))
+    assert got["released"] and got["published"] == []
+    rel = decode(Path(got["path"]).read_bytes(), load_public_key(pub), node="node-1")
+    assert rel.model == model
