@@ -325,3 +325,23 @@ def test_releases_through_mosquitto_reach_two_nodes_and_refusals_keep_the_old_mo
     finally:
         again.stop()
         col.close()
+
+
+def test_gate_cloud_release_publishes_retained_and_keygen_keeps_an_existing_key(mosquitto, tmp_path, keys, capfd):
+    from cloud.cli import main as cloud_main
+
+    model, card = ROOT / "gate/models/kws_logmel.tflite", ROOT / "gate/models/kws_logmel.json"
+    assert cloud_main(["release", str(model), "--card", str(card), "--key", str(keys["priv"]), "--node", "kitchen",
+                       "--prefix", "home", "--broker", f"{mosquitto.host}:{mosquitto.port}"]) == 0
+    out = json.loads(capfd.readouterr().out)
+    assert out["topic"] == "home/kitchen/model" and out["sha256"] == fmt.sha256_hex(MODEL)
+    late = Collector(mosquitto.host, mosquitto.port, ["home/kitchen/model"], client_id="late")
+    try:
+        assert late.wait_for(lambda c: c.messages, timeout=5)
+        topic, payload, retained = late.messages[0]
+        assert retained and fmt.decode(payload, keys["public"], node="kitchen").sha256 == out["sha256"]
+    finally:
+        late.close()
+    assert cloud_main(["keygen", "--out", str(keys["priv"].parent)]) == 2
+    err = capfd.readouterr().err
+    assert len(err.splitlines()) == 1 and "already exists" in err
