@@ -81,6 +81,10 @@ class PacedSource:
     def close(self) -> None:
         pass
 
+    def end(self) -> None:
+        """End the stream at the next read (from another thread: a node run for a test or a bench)."""
+        self._pos = self._x.size
+
     @classmethod
     def from_file(cls, path: str | Path, *, sample_rate: int = 16_000, **kw) -> PacedSource:
         from sensors.wavfile import read_audio

@@ -17,7 +17,7 @@ from mqtt_helpers import Collector
 from cloud.release import build_release, keygen, publish_release
 from gate.config import GateSettings
 from gate.kws.config import KwsConfig
-from gate.node import EndOfStream, PacedSource, run_node
+from gate.node import PacedSource, run_node
 from gate.ota import ModelStore, OtaAgent, load_selftest
 from gate_core import release as fmt
 
@@ -236,22 +236,6 @@ def test_a_damaged_active_model_rolls_back_to_the_previous_one(tmp_path, keys, c
 # ------------------------------------------------------------------------------- real broker, real nodes
 
 
-class Silence(PacedSource):
-    """A quiet room in real time until :meth:`end`."""
-
-    def __init__(self) -> None:
-        super().__init__(np.zeros(16_000 * 600, np.int16), block_ms=20.0, realtime=True)
-        self.done = threading.Event()
-
-    def read(self, timeout=None):
-        if self.done.is_set():
-            raise EndOfStream
-        return super().read(timeout)
-
-    def end(self) -> None:
-        self.done.set()
-
-
 def node_settings(tmp_path: Path, node: str, keys) -> GateSettings:
     s = GateSettings()
     s.mqtt.node_id = node
@@ -264,7 +248,7 @@ def node_settings(tmp_path: Path, node: str, keys) -> GateSettings:
 
 class RunningNode:
     def __init__(self, settings: GateSettings, url: str) -> None:
-        self.source = Silence()
+        self.source = PacedSource(np.zeros(16_000 * 120, np.int16), realtime=True)  # a quiet room
         self.rc: list[int] = []
         self.thread = threading.Thread(target=lambda: self.rc.append(run_node(
             settings=settings, config_path=None, broker=url, install_signals=False, source=self.source)), daemon=True)
