@@ -237,6 +237,7 @@ class Node:
             new = self._load(self.config_path)
             if self.ota is not None:
                 new = self.ota.effective(new)  # an installed release stays the model
+                self.ota.kws = new.kws  # and the next release is tested with these settings
         except SettingsError as exc:
             self.stats.reload_failures += 1
             log.error("SIGHUP: %s is invalid; keeping the running settings:\n%s", self.config_path, exc)

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import re
 import tempfile
 import threading
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SELFTEST_DIR = Path(__file__).resolve().parent / "selftest"
 STATE = "state.json"
+_RELEASE_FILE = re.compile(r"[0-9a-f]{32}")  # only files named like a release are ever deleted
 
 
 # ------------------------------------------------------------------------------------ self-test
@@ -169,7 +171,8 @@ class ModelStore:
         """Delete temporary files and models the state does not name (half-installs, older releases)."""
         keep = {STATE} | {n for e in (self.active, self.previous) if e for n in (e.model, e.card)}
         for p in self.root.iterdir():
-            if p.is_file() and p.name not in keep and (p.name.startswith(".tmp-") or p.suffix in (".tflite", ".json")):
+            ours = p.name.startswith(".tmp-") or (p.suffix in (".tflite", ".json") and _RELEASE_FILE.fullmatch(p.stem))
+            if p.is_file() and ours and p.name not in keep:
                 p.unlink(missing_ok=True)
 
 
@@ -309,7 +312,11 @@ class OtaAgent:
             return self._refuse(rel, failure, "release_selftest")
         entry = self.store.install(rel)
         with self._lock:
-            self._ready = (entry, spotter)
+            superseded, self._ready = self._ready, (entry, spotter)
+        if superseded is not None:
+            old = superseded[0]
+            self._refuse(None, f"release {old.version} superseded by {rel.version} before it was swapped in",
+                         "release_superseded", sha256=old.sha256)
         log.info("OTA: release %s (model %s) passed %d self-test clips, installed; swapping at the next "
                  "segment boundary", rel.version, rel.sha256[:12], len(self.clips))
         return entry
@@ -328,12 +335,12 @@ class OtaAgent:
         self._ack(fmt.Ack(self.node_id, True, entry.sha256, entry.sha256, version=entry.version))
         return True
 
-    def _refuse(self, rel: fmt.Release | None, reason: str, code: str) -> None:
+    def _refuse(self, rel: fmt.Release | None, reason: str, code: str, *, sha256: str | None = None) -> None:
         self.refused += 1
         reason = " ".join(reason.split())[:300]
         log.warning("OTA: release refused: %s [%s]; still running %s", reason, code,
                     (self.running_sha256 or "the configured model")[:20])
-        self._ack(fmt.Ack(self.node_id, False, rel.sha256 if rel else None, self.running_sha256, reason=reason,
+        self._ack(fmt.Ack(self.node_id, False, rel.sha256 if rel else sha256, self.running_sha256, reason=reason,
                           code=code, version=rel.version if rel else None))
         return None
 

@@ -26,6 +26,7 @@ MODEL = (ROOT / "gate/models/kws_logmel.tflite").read_bytes()
 CARD = json.loads((ROOT / "gate/models/kws_logmel.json").read_text())
 ENVELOPES = (ROOT / "gate/models/kws_analog_envelopes.tflite").read_bytes()
 ENVELOPES_CARD = json.loads((ROOT / "gate/models/kws_analog_envelopes.json").read_text())
+SECOND_STAGE = (ROOT / "gate/models/second_stage.tflite").read_bytes()
 
 
 def card_with(threshold: float, version: str) -> dict:
@@ -148,6 +149,15 @@ def test_the_agent_refuses_models_that_fail_on_the_node_and_keeps_the_running_on
     assert not [p for p in (tmp_path / "n1").iterdir() if p.suffix == ".tflite"]
 
 
+def test_a_release_superseded_before_its_swap_is_answered_and_the_store_spares_other_files(tmp_path, keys, clips):
+    a, acks = agent(tmp_path, keys, clips)
+    (tmp_path / "n1" / "mine.tflite").write_bytes(b"not ours")
+    a.handle(build_release(MODEL, card_with(0.98, "v1"), keys["priv"], created_unix=100.0))
+    a.handle(build_release(MODEL, card_with(0.985, "v2"), keys["priv"], created_unix=200.0))
+    assert [(k.accepted, k.code) for k in acks] == [(False, "release_superseded")]
+    assert a._ready[0].version == "v2" and (tmp_path / "n1" / "mine.tflite").is_file()
+
+
 def test_a_stale_release_is_refused_and_the_running_one_is_acked_again(tmp_path, keys, clips):
     a, acks = agent(tmp_path, keys, clips)
     new = build_release(MODEL, card_with(0.98, "v2"), keys["priv"], created_unix=200.0)
@@ -243,6 +253,7 @@ def node_settings(tmp_path: Path, node: str, keys) -> GateSettings:
     s.mqtt.await_verdict_s = None
     s.kws.ota.public_key = str(keys["pub"])
     s.kws.ota.model_dir = str(tmp_path / node / "models")
+    s.energy.profile = "mcu-analog" if node == "n1" else "pi4"
     return s
 
 
@@ -287,6 +298,8 @@ def test_releases_through_mosquitto_reach_two_nodes_and_refusals_keep_the_old_mo
             "release_selftest": build_release(MODEL, card_with(0.02, "eager"), keys["priv"], node="n1"),
             "model_mismatch": build_release(ENVELOPES, ENVELOPES_CARD, keys["priv"], node="n1"),
             "release_malformed": build_release(MODEL, CARD, keys["priv"], node="n1")[:5000],
+            # n1 runs the MCU profile (256 KiB): the 448 kB second-stage model does not fit
+            "release_too_large": build_release(SECOND_STAGE, CARD, keys["priv"], node="n1"),
         }
         for code, payload in bad.items():
             before = len(acks_for(col, "n1"))
