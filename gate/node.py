@@ -326,8 +326,9 @@ def open_transport(settings: GateSettings, *, ledger: EnergyLedger, boot_id: str
                    stack: ExitStack, on_verdict: Callable[[Verdict], None] | None = None,
                    spool: Spool | None = None) -> MqttTransport:
     """The MQTT transport for ``broker`` (default ``mqtt.broker``); 'embedded' starts a private broker."""
-    from gate.transport.broker import EmbeddedBroker, parse_broker_url
+    from gate.transport.broker import EmbeddedBroker
     from gate.transport.mqtt import MqttTransport
+    from gate_core.netutil import parse_broker_url
 
     url = broker or settings.mqtt.broker
     if url == "embedded":

@@ -157,8 +157,6 @@ def input_dir(value: str) -> Path:
 def _can_create_in(directory: Path) -> bool:
     """Whether a file can be created in ``directory``: tried, since permission bits do not tell
     (root passes os.access everywhere, /proc and read-only mounts refuse anyway)."""
-    import tempfile
-
     if not os.access(directory, os.W_OK | os.X_OK):
         return False
     try:
@@ -277,8 +275,6 @@ def quiet_native_stderr(drop: tuple[str, ...] = ("XNNPACK delegate",)) -> Iterat
 
     LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." from C++ on every
     interpreter it makes; that line would precede every one-line error and every quiet run."""
-    import tempfile
-
     try:
         fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor

@@ -136,7 +136,11 @@ class Score:
 
 def stream_score(times_s: Sequence[float], windows: Sequence[Window], audio_s: float) -> Score:
     """Score detection times on one stream of ``audio_s`` seconds with these wake-word windows."""
-    a = assign(times_s, windows)
+    return _counted(assign(times_s, windows), windows, audio_s)
+
+
+def _counted(a: np.ndarray, windows: Sequence[Window], audio_s: float) -> Score:
+    """The Score of one stream whose detections ``assign`` already matched (``a``)."""
     return Score(keywords=len(windows), hits=int(np.sum(a >= 0)), false_accepts=int(np.sum(a == FALSE_ACCEPT)),
                  duplicates=int(np.sum(a == DUPLICATE)), non_wake_hours=non_wake_seconds(windows, audio_s) / 3600.0)
 
@@ -154,8 +158,9 @@ def score(detections: Mapping[str, Iterable[float]], streams: Mapping[str, tuple
     latencies: list[float] = []
     for path, (windows, audio_s) in streams.items():
         times = sorted(detections.get(path, ()))
-        parts.append(stream_score(times, windows, audio_s))
-        latencies.extend(t - windows[j].end_s for t, j in zip(times, assign(times, windows), strict=True) if j >= 0)
+        a = assign(times, windows)
+        parts.append(_counted(a, windows, audio_s))
+        latencies.extend(t - windows[j].end_s for t, j in zip(times, a, strict=True) if j >= 0)
     total = combine(parts)
     lat = np.asarray(latencies, np.float64)
     hours = total.non_wake_hours

@@ -15,15 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cloud_helpers import (  # noqa: F401  (re-exported: the fault tests take them from here)
-    ENV,
-    CloudService,
-    alive,
-    fake_models,
-    store_rows,
-    wait_until,
-    worker_states,
-)
+from cloud_helpers import ENV, fake_models
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent

@@ -12,9 +12,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gate.energy import EnergyLedger
 from gate.transport import broker as broker_mod
-from gate.transport.broker import BrokerError, EmbeddedBroker, parse_broker_url
+from gate.transport.broker import EmbeddedBroker
 from gate.transport.mqtt import MqttTransport
 from gate.transport.spool import Spool
+from gate_core.netutil import BrokerError, parse_broker_url
 from gate_core.wire import SegmentHeader, Status, decode_segment, encode_segment, new_id
 
 

@@ -22,19 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cloud_helpers import make_segment
+from cloud_helpers import ENV, CloudService, make_segment, store_rows, wait_until
 from fault_helpers import (
-    ENV,
     ROOT,
-    CloudService,
     NodeProcess,
     burst_wav,
     node_config,
     quiet_wav,
     rss_kb,
     spool_ids,
-    store_rows,
-    wait_until,
 )
 from mqtt_helpers import needs_mosquitto
 

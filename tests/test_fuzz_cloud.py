@@ -27,8 +27,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cloud_helpers import make_segment  # noqa: E402
-from fault_helpers import CloudService, store_count, store_rows, wait_until  # noqa: E402
+from cloud_helpers import (  # noqa: E402
+    CloudService,
+    make_segment,  # noqa: E402
+    store_rows,
+    wait_until,
+)
+from fault_helpers import store_count  # noqa: E402
 from mqtt_helpers import MOSQUITTO, Collector, Mosquitto  # noqa: E402
 
 from gate_core.wire import (  # noqa: E402

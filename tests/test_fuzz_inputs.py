@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from fault_helpers import ENV, ROOT
+from cloud_helpers import ENV, ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

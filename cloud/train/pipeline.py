@@ -698,7 +698,7 @@ def _pick_threshold(cfg: KwsConfig, dev: list, dev_scores: list, fa_per_hour: fl
     ``verifier`` (tuning for the cascade) only the false accepts it passes count, and the node's own
     (what it uploads for the cloud to reject) must stay within ``uploads_per_hour``."""
     hours = sum(s.hours for s in dev)  # uploads are a rate over all audio; false accepts over non-wake time
-    fa_hours = metrics.combine(metrics.span_score([], s.keywords, s.hours) for s in dev).non_wake_hours
+    fa_hours = sum(metrics.non_wake_seconds(metrics.span_windows(s.keywords), s.hours * 3600.0) for s in dev) / 3600.0
     # ``passes``: the verifier's verdicts on ``dev`` already being collected (``_verdicts``), to share them.
     passes = (passes or _verdicts(verifier, dev)) if verifier is not None else None
     candidates = LOGIT_THRESHOLDS if logit else THRESHOLDS

@@ -15,7 +15,7 @@ import numpy as np
 
 from gate.kws.config import KwsConfig
 from gate.kws.featurize import Featurizer
-from gate.kws.interpreter import ModelError, TFLiteModel, read_card  # noqa: F401  (read_card: re-exported)
+from gate.kws.interpreter import ModelError, TFLiteModel, read_card
 from gate_core.detector import Detection, Detector
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"

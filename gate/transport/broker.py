@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gate_core.netutil import DEFAULT_PORT, DEFAULT_TLS_PORT, BrokerError, BrokerUrl, parse_broker_url  # noqa: F401
+from gate_core.netutil import BrokerError, BrokerUrl, parse_broker_url
 
 log = logging.getLogger(__name__)
 
