@@ -12,7 +12,9 @@ The ADC path (what is charged, and why):
 - At ready, the front end's always-on analog store hands over the last
   ``segmenter.analog_preroll_s`` of audio (Aspinity-style pre-roll). Digitising it is charged as
   ADC time and bytes, as if it ran at the normal rate: an upper bound, since no published figure
-  says how fast the store is read out. The store's own power is not priced separately: no
+  says how fast the store is read out. Audio the ADC digitised in its previous run is still in the
+  node's RAM (a second of 16 kHz int16 is 32 KB), so when a wake's pre-roll reaches back into that
+  run only the rest is read out and charged. The store's own power is not priced separately: no
   figure for it is cited in ENERGY.md, so it is assumed to sit inside the analog_gate figure.
   With ``analog_preroll_s: 0`` nothing is assumed and the pre-roll holds only audio digitised
   since the ADC woke (the KWS and the segment then miss the first tens of ms of the word).
@@ -199,6 +201,7 @@ class Cascade:
         self._ready_at = 0
         self._delivering = False
         self._kws_on = False
+        self._digitised_to = 0  # stream index up to which the ADC has digitised (the RAM holds the last of it)
         self._n = _Counters()
         self._charged = _Counters()
         self._since_segment: LedgerSnapshot | None = None
@@ -320,8 +323,12 @@ class Cascade:
             self.segmenter.start_run(pos - lead)
             if lead:
                 pre = store[pos - lead - store_origin:pos - store_origin]
-                self._n.adc_digitised += lead
-                self._n.adc_on += lead
+                # Only the part of the pre-roll the ADC has not digitised already is read out of the store:
+                # a wake soon after the last run finds the rest still in the node's RAM.
+                fresh = lead - max(0, min(self._digitised_to, pos) - (pos - lead))
+                self._n.adc_digitised += fresh
+                self._n.adc_on += fresh
+                self._digitised_to = pos
                 if self._gate_open:
                     self._start_kws(pos - lead)
                 self._feed(pre, pos - lead, out)
@@ -344,6 +351,7 @@ class Cascade:
             self._n.adc_on += x.size
         if self._delivering:
             self._n.adc_digitised += x.size
+            self._digitised_to = pos + x.size
             self._feed(x, pos, out)
 
     def _feed(self, x: np.ndarray, pos: int, out: CascadeOutput) -> None:

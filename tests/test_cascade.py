@@ -200,6 +200,27 @@ def test_analog_preroll_is_digitised_at_wake_and_charged():
     assert n["adc_on"] == round((closed - opened + 0.5) * SR)
 
 
+def test_a_preroll_reaching_into_the_last_run_is_charged_only_for_what_is_new():
+    s = GateSettings()
+    s.segmenter.analog_preroll_s = 1.0
+    spotter = LoudSpotter(level_dbfs=0.0)
+    c = build(s, kws=spotter, startup_s=0.0)
+    _, events = run(c, scene(bursts=((3.0, 0.5), (3.9, 0.5), (8.0, 0.5))), 320)
+    opens = [e.t_s for e in events if e.kind == "open"]
+    closes = [e.t_s for e in events if e.kind == "close"]
+    assert len(opens) == len(closes) == 3
+    assert opens[1] - closes[0] < 1.0 < opens[2] - closes[1]  # the second wake's pre-roll overlaps the first run
+    n = c.counts()
+    # The first and third wakes read their whole second of pre-roll; the second only the gap since the
+    # first run ended (the rest is still in RAM), so each sample is digitised once.
+    runs = sum(b - a for a, b in zip(opens, closes))
+    expected = runs + 1.0 + (opens[1] - closes[0]) + 1.0
+    assert n["adc_digitised"] == pytest.approx(expected * SR, abs=2)
+    assert n["adc_on"] == n["adc_digitised"]
+    # The KWS still hears the full pre-roll of every wake.
+    assert spotter.fed_at[0][0] == round((opens[0] - 1.0) * SR)
+
+
 def test_adc_is_held_for_the_command_window_after_the_gate_closes():
     s = GateSettings()
     s.segmenter.command_window_s = 4.0
