@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cloud.train import augment
 from cloud.train.corpus import Render, random_sentence
 from cloud.train.scenes import Scene
 from gate_core import metrics
 from gate_core.errors import GateError
 from gate_core.vocabulary import COMMANDS
-from sensors.synth import confusables, noise
+from sensors.synth import augment, confusables, noise
 from sensors.synth.tts import trim_silence
 from sensors.wavfile import resample
 
@@ -215,7 +214,7 @@ def _music_chunk(track: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
 def _noise_chunk(n: int, rng: np.random.Generator) -> np.ndarray:
     kind = NOISES[int(rng.integers(len(NOISES)))]
     if kind in ("fan", "hum"):
-        x = noise.make(kind, rng, 1, n)[0][0] + 0.1 * augment.coloured_noise(n, rng, 1.0)
+        x = noise.make(kind, rng, 1, n)[0][0] + 0.1 * noise.coloured_noise(n, rng, 1.0)
     else:
         x = augment.background(kind, n, rng)
     return (x / augment.rms(x)).astype(np.float32)
@@ -230,7 +229,7 @@ def background(kind: str, n: int, rng: np.random.Generator, talk: Sequence[np.nd
     for a in range(0, n, CHUNK_S * SR):
         b = min(n, a + CHUNK_S * SR)
         if track is not None:
-            x = _music_chunk(track, b - a, rng) + 0.05 * augment.coloured_noise(b - a, rng, 1.0)
+            x = _music_chunk(track, b - a, rng) + 0.05 * noise.coloured_noise(b - a, rng, 1.0)
         elif kind == "noise":
             x = _noise_chunk(b - a, rng)
         else:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from cloud import crossengine as ce
-from cloud.train import augment
 from cloud.train.scenes import Scene
 from gate_core import metrics
 from gate_core.vocabulary import COMMANDS
+from sensors.synth import augment
 
 SR = ce.SR
 

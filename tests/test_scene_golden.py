@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cloud.train import augment, dataset, scenes
+from cloud.train import dataset, scenes
 from cloud.train.corpus import Render
 from cloud.train.recipe import AugmentSpec
 from sensors import scenario
-from sensors.synth import augment as synth_augment
-from sensors.synth import confusables, noise, rooms, tts
+from sensors.synth import augment, confusables, noise, rooms, tts
 
 SR = 16_000
 
@@ -77,9 +76,10 @@ def _scene(name: str, seed: int, **options) -> str:
 def _noises() -> str:
     rng = np.random.default_rng(6)
     n = 5000
-    parts = [augment.coloured_noise(n, rng, e) for e in (0.0, 1.0, 2.0)]
-    parts += [augment.clatter(n, rng), augment.clatter(n, rng, rate_hz=6.0), augment.hum(n, rng),
-              augment.babble(n, rng, SPEECH), augment.babble(n, rng, SPEECH, talkers=2), augment.babble(n, rng, ())]
+    parts = [noise.coloured_noise(n, rng, e) for e in (0.0, 1.0, 2.0)]
+    parts += [noise.clatter(n, rng), noise.clatter(n, rng, rate_hz=6.0), noise.mains_hum(n, rng),
+              noise.babble_mix(n, rng, SPEECH), noise.babble_mix(n, rng, SPEECH, talkers=2),
+              noise.babble_mix(n, rng, ())]
     parts += [augment.background(k, n, rng, SPEECH) for k in augment.TRAIN_BACKGROUNDS]
     parts += [augment.background("office_babble", n, rng)]
     return _digest(*parts, list(augment.TRAIN_BACKGROUNDS))
@@ -87,7 +87,7 @@ def _noises() -> str:
 
 def _signal() -> str:
     rng = np.random.default_rng(7)
-    noise_in = augment.coloured_noise(X.size, np.random.default_rng(8), 1.0)
+    noise_in = noise.coloured_noise(X.size, np.random.default_rng(8), 1.0)
     parts = [augment.reverb(X, rng) for _ in range(3)]
     parts += [augment.speed(X, rng, lo, hi) for lo, hi in ((0.85, 1.15), (1.0, 1.0), (0.9, 0.9), (1.1, 1.2))]
     parts += [augment.mix(X, noise_in, snr) for snr in (-5.0, 0.0, 17.5)]
@@ -129,11 +129,11 @@ def _synth_rooms() -> str:
 
 def _synth_augment() -> str:
     rng = np.random.default_rng(12)
-    cfg = synth_augment.AugmentConfig(clip_s=1.0, rooms=4)
+    cfg = augment.AugmentConfig(clip_s=1.0, rooms=4)
     rirs = [rooms.rir(rooms.random_room(rng, rt60_s=cfg.rt60_s), rng) for _ in range(cfg.rooms)]
-    bank = synth_augment.RirBank(rirs, [{"i": i} for i in range(len(rirs))], cfg.n_samples)
+    bank = augment.RirBank(rirs, [{"i": i} for i in range(len(rirs))], cfg.n_samples)
     utts = [POSITIVES[0].audio, None, OTHERS[0].audio, POSITIVES[1].audio] * 3
-    b = synth_augment.augment(utts, rng, cfg, rirs=bank, babble_speech=SPEECH, keep_whole=[True, True, False, True] * 3)
+    b = augment.augment(utts, rng, cfg, rirs=bank, babble_speech=SPEECH, keep_whole=[True, True, False, True] * 3)
     return _digest(b.audio, b.info)
 
 

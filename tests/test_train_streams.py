@@ -124,7 +124,7 @@ def test_miner_scores_windows_at_the_node_stride(stride):
 
 @pytest.mark.parametrize("factor", [0.85, 1.0, 1.15])
 def test_speed_perturbation_moves_pitch_and_tempo_together(factor):
-    from cloud.train import augment
+    from sensors.synth import augment
 
     t = np.arange(SR) / SR
     x = np.sin(2 * np.pi * 500 * t).astype(np.float32)

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from cloud.train import augment
 from cloud.train.corpus import Render
 from cloud.train.recipe import AugmentSpec
-from sensors.synth import voicex
+from sensors.synth import augment, voicex
 
 SR = 16_000
 

@@ -3,7 +3,8 @@
 Built in memory from cached renders, for the training pipeline's dev and held-out scenes and
 `make compare`: a room background, other speech and near-misses at random times, and the wake phrase
 followed by a command at ``keywords_per_hour``. Labels are the sample spans of each wake phrase.
-(`gate-data scenario`, sensors/scenario.py, renders scenes to files for `gate-node replay`.)
+The mixing and placement (blocks, overlay, slots) are sensors/scenes.py's, which
+`gate-data scenario` (sensors/scenario.py) also renders its files for `gate-node replay` with.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud.train import augment
 from cloud.train.corpus import Render
+from gate_core.audio import float_to_int16
+from sensors.scenes import Slots, blocks, overlay
+from sensors.synth import augment
 
 SR = 16_000
 CHUNK_S = 60  # backgrounds are generated a minute at a time to bound memory
@@ -62,8 +65,7 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
     bg_db, (lo, hi) = LEVELS[name]
     babble_pool = [r.audio for r in others]
     out = np.zeros(n, np.float32)
-    for a in range(0, n, CHUNK_S * SR):
-        b = min(n, a + CHUNK_S * SR)
+    for a, b in blocks(n, CHUNK_S * SR):
         jitter = rng.uniform(-level_jitter_db, level_jitter_db) if level_jitter_db > 0 else 0.0
         out[a:b] = augment.background(name, b - a, rng, babble_pool) * 10 ** ((bg_db + jitter) / 20)
 
@@ -73,19 +75,16 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
         if rng.random() < 0.5:
             x = augment.reverb(x, rng)
         x = augment.set_peak(x, rng.uniform(lo, hi))
-        end = min(n, at + x.size)
-        out[at:end] += x[: end - at]
+        at, end = overlay(out, x, at)
         events.append((kind, at / SR, end / SR))
         return at, end
 
     keywords: list[tuple[float, float]] = []
     voices: list[str] = []
     said: list[str] = []
-    grid = np.arange(5, int(minutes * 60) - 10, 8)
-    n_kw = min(grid.size, max(1, int(round(keywords_per_hour * minutes / 60))))
-    slots = np.sort(rng.choice(grid, size=n_kw, replace=False))
-    busy = np.zeros(int(minutes * 60) + 1, bool)
-    for s in slots:
+    slots = Slots(int(minutes * 60))
+    n_kw = min(slots.starts.size, max(1, int(round(keywords_per_hour * minutes / 60))))
+    for s in np.sort(rng.choice(slots.starts, size=n_kw, replace=False)):
         kw = positives[int(rng.integers(len(positives)))]
         a, b = put(kw.audio, int(s * SR), "positive")
         keywords.append((a / SR, b / SR))
@@ -93,23 +92,22 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
         cmd = commands[int(rng.integers(len(commands)))]
         said.append(cmd.kind.removeprefix("command:"))
         put(cmd.audio, b + int(rng.uniform(0.2, 0.6) * SR), "command")
-        busy[max(0, s - 1):s + 6] = True
+        slots.take(s)
     # Near-misses sit in free 8 s slots, like the wake phrases, so that each is heard clearly.
-    free = [sec for sec in range(5, int(minutes * 60) - 10, 8) if not busy[max(0, sec - 1):sec + 6].any()]
+    free = slots.free()
     n_conf = min(len(free), int(round(confusables_per_hour * minutes / 60))) if confusables else 0
     for sec in (rng.choice(free, size=n_conf, replace=False) if n_conf else []):
         put(confusables[int(rng.integers(len(confusables)))].audio, int(sec * SR), "confusable")
-        busy[max(0, sec - 1):sec + 6] = True
+        slots.take(sec)
     # Other talk fills about a third of the time; it never overlaps a wake phrase's slot.
     talk = babble_pool + list(extra_talk)
     t = 0.0
     while t < minutes * 60 - 5:
         t += rng.exponential(talk_gap_s)
         sec = int(t)
-        if sec >= busy.size - 5 or busy[sec:sec + 5].any():
+        if not slots.clear(sec):
             continue
         r = talk[int(rng.integers(len(talk)))]
         a, b = put(r, int(t * SR), "speech")
         t = b / SR
-    return Scene(name, np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), keywords,
-                 sorted(events, key=lambda e: e[1]), voices, said)
+    return Scene(name, float_to_int16(out), keywords, sorted(events, key=lambda e: e[1]), voices, said)

@@ -1,5 +1,11 @@
-"""Seeded, vectorised augmentation of short clips: placement (time shift), room reverb, band
-limiting, additive noise at an exact SNR, and gain.
+"""Augmentation of speech clips, every draw from a passed-in rng.
+
+One clip at a time, for the training pipeline's clips and evaluation scenes: the backgrounds of
+the scene rooms (:func:`background`), reverb in a statistical room, speed perturbation, mixing at
+an SNR and peak level (:func:`reverb`, :func:`speed`, :func:`mix`, :func:`set_peak`).
+
+Batched and vectorised, for ``gate-data synth`` (:func:`augment`): placement (time shift),
+image-source room reverb, band limiting, additive noise at an exact SNR, and gain.
 
 Order matters and is chosen so the reported SNR is the SNR in the written clip: speech and noise
 pass through the same band-limiting channel *before* they are mixed, the noise is then scaled to
@@ -9,6 +15,7 @@ SNR definition: 10*log10(mean(speech^2) / mean(noise^2)) over the samples of the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Annotated
@@ -21,9 +28,65 @@ from scipy import signal
 from gate_core.audio import SAMPLE_RATE, float_to_int16
 from gate_core.strict import Strict
 from sensors.synth import noise as noise_mod
+from sensors.synth import rooms
 from sensors.synth.recipe_io import Range
 
 BANDS = ("telephone", "lowpass", "highpass")
+
+# --- one clip at a time -----------------------------------------------------------------------
+
+TRAIN_BACKGROUNDS = ("white", "pink", "brown", "quiet_home", "noisy_kitchen", "office_babble")
+_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+
+
+def background(kind: str, n: int, rng: np.random.Generator, speech: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """Unit-RMS background of one of TRAIN_BACKGROUNDS: a colour of noise, or a scene room (a quiet
+    home's brown noise and hum, a kitchen's clatter, an office's babble of ``speech``)."""
+    if kind in _COLOURS:
+        return noise_mod.coloured_noise(n, rng, _COLOURS[kind])
+    if kind == "quiet_home":
+        x = noise_mod.coloured_noise(n, rng, 2.0) + 0.3 * noise_mod.mains_hum(n, rng)
+    elif kind == "noisy_kitchen":
+        x = noise_mod.coloured_noise(n, rng, 1.0) + 0.8 * noise_mod.clatter(n, rng) + 0.2 * noise_mod.mains_hum(n, rng)
+    elif kind == "office_babble":
+        x = noise_mod.babble_mix(n, rng, speech) + 0.3 * noise_mod.coloured_noise(n, rng, 1.0)
+    else:
+        raise ValueError(f"unknown background kind {kind!r} (known: {', '.join(TRAIN_BACKGROUNDS)})")
+    return (x / (np.std(x) + 1e-12)).astype(np.float32)
+
+
+def reverb(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``x`` in a statistical room (rooms.statistical_rir, RT60 0.2-0.8 s), cut to its length and
+    scaled back to its peak."""
+    y = signal.fftconvolve(x, rooms.statistical_rir(rng))[: x.size]
+    return (y * (np.max(np.abs(x)) / (np.max(np.abs(y)) + 1e-12))).astype(np.float32)
+
+
+def speed(x: np.ndarray, rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
+    """Speed perturbation: resampled by a random factor in [lo, hi] and played at the same rate, so pitch,
+    formants (vocal-tract length) and tempo all move together, as between speakers. Factor in 1/40 steps."""
+    k = int(round(rng.uniform(lo, hi) * 40))
+    if k == 40:
+        return x
+    g = np.gcd(k, 40)
+    return signal.resample_poly(x, 40 // g, k // g).astype(np.float32)
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
+
+
+def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """speech + noise scaled so that speech RMS / noise RMS = snr_db (same length)."""
+    k = rms(speech) / (rms(noise) * 10 ** (snr_db / 20.0))
+    return (speech + k * noise).astype(np.float32)
+
+
+def set_peak(x: np.ndarray, peak_db: float) -> np.ndarray:
+    return (x * (10 ** (peak_db / 20.0) / (np.max(np.abs(x)) + 1e-12))).astype(np.float32)
+
+
+# --- batches ----------------------------------------------------------------------------------
 
 
 class AugmentConfig(Strict):

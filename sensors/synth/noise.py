@@ -5,6 +5,11 @@ which carries filter state and phase between calls so a scene hours long can be 
 by block without a seam. Each row is scaled by the generator's *theoretical* RMS, not by its
 measured RMS, so the level is the same whatever the block size (streaming == batch).
 Clicks and babble are non-stationary and are drawn per block.
+
+Whole-clip generators, each scaled by its *measured* RMS over the clip, make the training clips'
+backgrounds and the evaluation scenes' rooms (sensors/synth/augment.background): FFT-shaped
+coloured noise, mains hum, kitchen clatter and talkers at random gains (``babble_mix``).
+:func:`chain_talkers` lays utterances end to end for every babble, TV and talk background.
 """
 
 from __future__ import annotations
@@ -194,6 +199,69 @@ def music(rng: np.random.Generator, n: int, *, fs: int = SAMPLE_RATE) -> np.ndar
             out[pos:pos + d] += 0.8 * rng.standard_normal(d) * np.exp(-np.arange(d) / (0.015 * fs))
         pos += length
     return (out / max(float(np.sqrt(np.mean(out ** 2))), 1e-9)).astype(np.float32)
+
+
+def coloured_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """1/f^exponent noise over one whole clip, shaped in the FFT domain, unit RMS (0 white, 1 pink, 2 brown).
+
+    Exact to the slope at every frequency, where :class:`NoiseStream` is a streaming filter approximation."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+    f[0] = f[1]
+    x = np.fft.irfft(spec / f ** (exponent / 2.0), n)
+    return (x / (np.std(x) + 1e-12)).astype(np.float32)
+
+
+def clatter(n: int, rng: np.random.Generator, rate_hz: float = 1.5) -> np.ndarray:
+    """Dishes and cutlery: short decaying resonances at Poisson instants, unit RMS."""
+    out = np.zeros(n, np.float32)
+    t = 0
+    while True:
+        t += int(rng.exponential(SAMPLE_RATE / rate_hz))
+        if t >= n:
+            break
+        length = int(rng.uniform(0.05, 0.4) * SAMPLE_RATE)
+        tt = np.arange(length) / SAMPLE_RATE
+        f0 = rng.uniform(800, 5000)
+        burst = np.sin(2 * np.pi * f0 * tt) * np.exp(-tt * rng.uniform(15, 60))
+        burst += 0.3 * rng.standard_normal(length) * np.exp(-tt * 80)
+        end = min(n, t + length)
+        out[t:end] += (burst[: end - t] * rng.uniform(0.3, 1.0)).astype(np.float32)
+    return out / (np.std(out) + 1e-12)
+
+
+def mains_hum(n: int, rng: np.random.Generator) -> np.ndarray:
+    """50 or 60 Hz mains with harmonics 2, 3 and 5 at 1/k, random phases, unit RMS over the clip
+    (``NoiseStream("hum")`` is the streaming rectifier hum with eight harmonics)."""
+    f0 = 50.0 if rng.random() < 0.5 else 60.0
+    t = np.arange(n) / SAMPLE_RATE
+    x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in (1, 2, 3, 5))
+    return (x / np.std(x)).astype(np.float32)
+
+
+def chain_talkers(out: np.ndarray, rng: np.random.Generator, speech: Sequence[np.ndarray], talkers: int, *,
+                  start_s: float, gap_s: tuple[float, float], gain: tuple[float, float] | None = None) -> np.ndarray:
+    """Adds ``talkers`` talkers to ``out`` (in place, and returns it), each a chain of utterances drawn
+    from ``speech``: the first starts in the first ``start_s``, each next one a ``gap_s`` pause after
+    the last; every utterance at a random gain in ``gain`` when given, as it is otherwise."""
+    n = out.size
+    first = int(start_s * SAMPLE_RATE)
+    for _ in range(talkers):
+        pos = int(rng.integers(0, first))
+        while pos < n:
+            u = speech[int(rng.integers(len(speech)))]
+            m = min(u.size, n - pos)
+            out[pos:pos + m] += u[:m] if gain is None else u[:m] * rng.uniform(*gain)
+            pos += u.size + int(rng.uniform(*gap_s) * SAMPLE_RATE)
+    return out
+
+
+def babble_mix(n: int, rng: np.random.Generator, speech: Sequence[np.ndarray], talkers: int = 5) -> np.ndarray:
+    """``talkers`` talkers at once, each utterance at a gain of 0.5-1, unit RMS; pink noise without speech."""
+    if not speech:
+        return coloured_noise(n, rng, 1.0)
+    out = chain_talkers(np.zeros(n, np.float32), rng, speech, talkers, start_s=1.0, gap_s=(0.05, 0.6), gain=(0.5, 1.0))
+    return out / (np.std(out) + 1e-12)
 
 
 NoiseFn = Callable[[np.random.Generator, int, int], np.ndarray]

@@ -1,10 +1,14 @@
-"""Room impulse responses from a shoebox image-source model (Allen & Berkley, 1979), in numpy.
+"""Room impulse responses, in numpy: a shoebox image-source model and a statistical one.
 
-Early reflections come from the images (exact delays, so the comb filtering and the
+Image-source rooms (:func:`rir`, Allen & Berkley, 1979): early reflections come from the images (exact delays, so the comb filtering and the
 direct-to-reverberant ratio depend on the geometry); the late tail, where images become too
 many to enumerate cheaply, is exponentially decaying noise with the target RT60, matched in
 level to the image-source energy where the two meet. This hybrid is the usual trade-off in
 room simulators (pyroomacoustics does the same with its ray-tracing tail).
+
+Statistical rooms (:func:`statistical_rir`) have no geometry: the direct path and then the late
+tail alone, exponentially decaying noise at a random level. The training pipeline's clips and
+evaluation scenes are reverberated this way.
 """
 
 from __future__ import annotations
@@ -96,6 +100,18 @@ def rir(room: Room, rng: np.random.Generator, *, fs: int = SAMPLE_RATE, max_len_
         fade = np.clip((np.arange(n_len) - (t_join - int(0.01 * fs))) / (0.01 * fs), 0, 1)
         h = h * (1 - fade) + tail * fade + h * fade * (np.arange(n_len) < t_join)
     return h.astype(np.float32)
+
+
+def statistical_rir(rng: np.random.Generator, *, rt60_s: tuple[float, float] = (0.2, 0.8),
+                    fs: int = SAMPLE_RATE) -> np.ndarray:
+    """A direct path of amplitude 1 at index 0, then noise decaying by 60 dB over a random RT60 in
+    ``rt60_s``, starting 10-50 % of the direct path's amplitude; one RT60 long, float64."""
+    rt60 = rng.uniform(*rt60_s)
+    n = int(rt60 * fs)
+    t = np.arange(n) / fs
+    ir = rng.standard_normal(n) * np.exp(-6.9 * t / rt60) * rng.uniform(0.1, 0.5)
+    ir[0] = 1.0
+    return ir
 
 
 def rt60_estimate(h: np.ndarray, fs: int = SAMPLE_RATE) -> float:
