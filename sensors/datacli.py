@@ -111,7 +111,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from sensors.scenario import Recipe, render
+    from sensors.scenario import ScenarioRecipe, render
     from sensors.synth.recipe_io import load_model
 
     overrides: dict[str, object] = {}
@@ -119,7 +119,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
     if args.duration_s is not None:
         overrides["duration_s"] = args.duration_s
-    recipe = load_model(Path(args.recipe), Recipe, overrides=overrides)
+    recipe = load_model(Path(args.recipe), ScenarioRecipe, overrides=overrides)
     bars = _Bars(not args.quiet)
     try:
         res = render(recipe, Path(args.out), force=args.force, progress=bars)

@@ -1,6 +1,6 @@
 """``gate-data scenario``: long 16 kHz streams with keywords at known, sample-exact times.
 
-A recipe (YAML, :class:`Recipe`) describes three layers:
+A recipe (YAML, :class:`ScenarioRecipe`) describes three layers:
   * the **bed**: stationary noise (pink, hum, fan...) for the whole stream, plus a white
     self-noise floor that is always there;
   * **ambient** events: non-stationary noise (music, TV-like speech, babble, clicks) on their
@@ -15,6 +15,8 @@ pass 1 regenerates the background only to measure its power under each labelled 
 regenerates it identically (same seeds) and adds the scaled speech. Labels go to ``labels.csv``
 (see LABEL_FIELDS), written last. A speech span runs from the first to the last sample of the
 dry utterance within 50 dB of its peak (sample-exact); reverb tails ring on past ``end_s``.
+Blocks and the mixing of every sound into them are sensors/scenes.py's, which the training
+pipeline's in-memory scenes (cloud/train/scenes.py) are built with too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from gate_core.cliutil import read_json
 from gate_core.errors import AudioInputError
 from gate_core.strict import Strict
 from gate_core.vocabulary import WAKE_PHRASE, command_phrases, normalise, wake_phrase
+from sensors.scenes import blocks, overlap, overlay
 from sensors.synth import confusables, noise, rooms, tts
 from sensors.synth.augment import fft_convolve_rows
 from sensors.synth.errors import RecipeError
@@ -126,7 +129,7 @@ class Event(Strict):
         return v
 
 
-class Recipe(Strict):
+class ScenarioRecipe(Strict):
     name: str
     description: str = ""
     seed: int = 0
@@ -153,8 +156,8 @@ class Recipe(Strict):
         return int(round(self.duration_s * SAMPLE_RATE))
 
 
-def load_recipe(path: Path) -> Recipe:
-    return load_model(Path(path), Recipe)
+def load_recipe(path: Path) -> ScenarioRecipe:
+    return load_model(Path(path), ScenarioRecipe)
 
 
 # --- planning -------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ def _count(rate: float, count: int | None, duration_s: float) -> int:
 class Speaker:
     """Draws voices and renders text, caching renders (a scene repeats its commands)."""
 
-    def __init__(self, recipe: Recipe, es: tts.EngineSet) -> None:
+    def __init__(self, recipe: ScenarioRecipe, es: tts.EngineSet) -> None:
         self.r, self.es = recipe, es
         self.voices = es.all_voices()
         self._cache: dict[tts.Utterance, np.ndarray] = {}
@@ -235,7 +238,7 @@ def _reverb(x: np.ndarray, rng: np.random.Generator, room: RoomSettings) -> np.n
     return fft_convolve_rows(padded[None, :], h[None, :])[0]
 
 
-def plan_foreground(recipe: Recipe, speaker: Speaker) -> list[Foreground]:
+def plan_foreground(recipe: ScenarioRecipe, speaker: Speaker) -> list[Foreground]:
     rng = np.random.default_rng([recipe.seed, 10])
     kinds: list[tuple[Event, int]] = []
     for i, e in enumerate(recipe.events):
@@ -276,7 +279,7 @@ def plan_foreground(recipe: Recipe, speaker: Speaker) -> list[Foreground]:
     return out
 
 
-def place(recipe: Recipe, fg: list[Foreground]) -> None:
+def place(recipe: ScenarioRecipe, fg: list[Foreground]) -> None:
     """Spread the foreground over the stream with random gaps of at least ``min_gap_s``."""
     rng = np.random.default_rng([recipe.seed, 11])
     total = recipe.n_samples
@@ -301,7 +304,7 @@ def place(recipe: Recipe, fg: list[Foreground]) -> None:
         pos += f.audio.size
 
 
-def plan_ambient(recipe: Recipe) -> list[AmbientEvent]:
+def plan_ambient(recipe: ScenarioRecipe) -> list[AmbientEvent]:
     rng = np.random.default_rng([recipe.seed, 12])
     out: list[AmbientEvent] = []
     for spec in recipe.ambient:
@@ -317,7 +320,7 @@ def plan_ambient(recipe: Recipe) -> list[AmbientEvent]:
 class Background:
     """Bed + ambient + floor, reproducible block by block: each pass builds a fresh instance."""
 
-    def __init__(self, recipe: Recipe, ambient: list[AmbientEvent], silences: list[tuple[int, int]],
+    def __init__(self, recipe: ScenarioRecipe, ambient: list[AmbientEvent], silences: list[tuple[int, int]],
                  speech_pool: list[np.ndarray]) -> None:
         self.r = recipe
         self.beds = [(noise.NoiseStream(b.kind, np.random.default_rng([recipe.seed, 30, i])), 10 ** (b.level_dbfs / 20))
@@ -337,9 +340,7 @@ class Background:
             x += amp * stream.read(n)[0]
         for ev in self.ambient:
             if ev.start < b and ev.start + ev.length > a:
-                y = self._render(ev)
-                lo, hi = max(a, ev.start), min(b, ev.start + ev.length)
-                x[lo - a:hi - a] += y[lo - ev.start:hi - ev.start]
+                overlay(x, self._render(ev), ev.start, offset=a)
             elif ev.start + ev.length <= a:
                 self._cache.pop(ev.index, None)
         x *= self._duck(a, b)
@@ -381,21 +382,13 @@ class Background:
     def _speech_chain(self, rng: np.random.Generator, n: int, *, talkers: int) -> np.ndarray:
         """Talkers chaining utterances drawn from a fixed pool: TV and babble cost no TTS of their
         own, however many hours they fill."""
-        out = np.zeros(n)
-        for _ in range(talkers):
-            pos = int(rng.integers(0, int(0.5 * SAMPLE_RATE)))
-            while pos < n:
-                u = self.speech_pool[int(rng.integers(len(self.speech_pool)))]
-                m = min(u.size, n - pos)
-                out[pos:pos + m] += u[:m]
-                pos += u.size + int(rng.uniform(0.1, 0.6) * SAMPLE_RATE)
-        return out
+        return noise.chain_talkers(np.zeros(n), rng, self.speech_pool, talkers, start_s=0.5, gap_s=(0.1, 0.6))
 
 
 SPEECH_POOL = 64  # utterances behind every TV and babble event of a scene
 
 
-def speech_pool(recipe: Recipe, speaker: Speaker) -> list[np.ndarray]:
+def speech_pool(recipe: ScenarioRecipe, speaker: Speaker) -> list[np.ndarray]:
     """Rendered, unit-RMS utterances of everyday sentences in random voices, for TV and babble."""
     if not any(a.kind in ("tv", "babble") for a in recipe.ambient):
         return []
@@ -419,7 +412,7 @@ class ScenarioResult:
 ProgressFn = Callable[[str, int, int], None]
 
 
-def render(recipe: Recipe, out: Path, *, force: bool = False, progress: ProgressFn | None = None,
+def render(recipe: ScenarioRecipe, out: Path, *, force: bool = False, progress: ProgressFn | None = None,
            engines: tts.EngineSet | None = None) -> ScenarioResult:
     check_output(Path(out), force=force)
     es = engines or tts.discover(recipe.tts.engines, language=recipe.tts.language)
@@ -437,19 +430,17 @@ def render(recipe: Recipe, out: Path, *, force: bool = False, progress: Progress
         spans = [s for f in fg for s in f.spans]
         N = recipe.n_samples
         block = BLOCK_S * SAMPLE_RATE
-        n_blocks = math.ceil(N / block)
 
         if progress:
             progress("measure", 0, N)
         # Pass 1: background energy under every labelled span.
         bg = Background(recipe, amb, silences, pool)
-        for k in range(n_blocks):
-            a, b = k * block, min(N, (k + 1) * block)
+        for a, b in blocks(N, block):
             x, fl = bg.block(a, b)
             total = x + fl
             for s in spans:
-                if s.a < b and s.b > a:
-                    lo, hi = max(a, s.a), min(b, s.b)
+                lo, hi = overlap(a, b, s.a, s.b)
+                if hi > lo:
                     s.bg_energy += float(np.sum(total[lo - a:hi - a] ** 2))
             if progress:
                 progress("measure", b - a, N)
@@ -479,15 +470,12 @@ def render(recipe: Recipe, out: Path, *, force: bool = False, progress: Progress
         clipped = 0
         with sf.SoundFile(str(stage / audio_name), "w", SAMPLE_RATE, 1, subtype="PCM_16",
                           format=recipe.format.upper()) as snd:
-            for k in range(n_blocks):
-                a, b = k * block, min(N, (k + 1) * block)
+            for a, b in blocks(N, block):
                 x, fl = bg.block(a, b)
                 y = x + fl
                 for f in fg:
-                    e = f.start + f.audio.size
-                    if f.kind != "silence" and f.start < b and e > a:
-                        lo, hi = max(a, f.start), min(b, e)
-                        y[lo - a:hi - a] += f.gain * f.audio[lo - f.start:hi - f.start]
+                    if f.kind != "silence":
+                        overlay(y, f.audio, f.start, offset=a, gain=f.gain)
                 clipped += int(np.count_nonzero(np.abs(y) >= 1.0))
                 snd.write(float_to_int16(y))
                 if progress:
@@ -576,7 +564,7 @@ def _finite(text: str) -> float:
     return v
 
 
-__all__ = ["LABELS", "LABEL_FIELDS", "Recipe", "load_recipe", "read_labels", "render", "write_labels"]
+__all__ = ["LABELS", "LABEL_FIELDS", "ScenarioRecipe", "load_recipe", "read_labels", "render", "write_labels"]
 
 
 def scenario_inputs(directory: Path) -> tuple[Path, list]:
