@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gate import __version__
 from gate_core.cliutil import (
@@ -23,6 +24,9 @@ from gate_core.cliutil import (
     output_file,
     parse,
 )
+
+if TYPE_CHECKING:
+    from gate.report_schema import ReplayReport
 
 log = logging.getLogger("gate")
 
@@ -213,15 +217,15 @@ def _replay(args: argparse.Namespace) -> int:
                               verdict_wait_s=args.verdict_wait, labels=labels,
                               cloud=False if args.no_cloud else None,
                               reference=False if args.no_reference else None, progress=progress)
-    skipped = [f"{f['path']}: {str(f['error']).removeprefix(str(f['path']) + ': ')}" for f in report["failed_inputs"]]
+    skipped = [f"{f.path}: {f.error.removeprefix(f.path + ': ')}" for f in report.failed_inputs]
     for line in skipped:
         print(f"gate-node: skipped {line}", file=sys.stderr)
-    if not report["inputs"]:  # every input was skipped: no report and no zeroed table
+    if not report.inputs:  # every input was skipped: no report and no zeroed table
         return EXIT_USAGE
     _write_outputs(report, args.report, args.html)
     if not args.quiet:
         sys.stdout.write(summary_text(report))
-    return EXIT_USAGE if report["failed_inputs"] else EXIT_OK
+    return EXIT_USAGE if report.failed_inputs else EXIT_OK
 
 
 def _check_profile(name_or_path: str) -> None:
@@ -274,7 +278,7 @@ class _progress_bar:
             self.bar.close()
 
 
-def _write_outputs(report: dict, json_out: Path | None, html_out: Path | None) -> None:
+def _write_outputs(report: ReplayReport, json_out: Path | None, html_out: Path | None) -> None:
     from gate.report import write_report
 
     target = None
@@ -296,19 +300,13 @@ def _report(args: argparse.Namespace) -> int:
     from gate.report import load_report, reprice, summary_text
 
     saved = load_report(args.input)
-    settings = saved.get("settings")
-    energy = settings.get("energy") if isinstance(settings, dict) else None
-    profile = args.profile or (energy.get("profile") if isinstance(energy, dict) else None) or saved["profile"]["name"]
-    model = EnergyModel.from_profile(profile, args.grid)
-    try:
-        report = reprice(saved, model)
-        text = summary_text(report)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        what = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
-        fail(f"{args.input}: not a complete gate replay report ({what})", code="report_invalid")
+    # The settings block follows the thresholds file's schema, not the report's: read as JSON.
+    energy = saved.settings.get("energy")
+    profile = args.profile or (energy.get("profile") if isinstance(energy, dict) else None) or saved.profile.name
+    report = reprice(saved, EnergyModel.from_profile(profile, args.grid))
     _write_outputs(report, args.out, args.html)
     if not args.quiet:
-        sys.stdout.write(text)
+        sys.stdout.write(summary_text(report))
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ per ``mqtt.keepalive_s`` of audio.
 Cloud: with the embedded broker a private `gate-cloud serve` worker verifies every segment (see
 gate.cloud_leg). The ``cloud`` stage is charged one invocation and the segment's audio seconds per
 published segment, whether or not a worker answered, so the cascade and the always-on-KWS
-baseline are priced alike; the worker's own meter is reported beside it (report["cloud"]).
+baseline are priced alike; the worker's own meter is reported beside it (the report's ``cloud``).
 
 Evaluation extras (they cost CPU but charge nothing): every KWS posterior is recorded (the DET
 curve and `gate-node tune` sweep the threshold over them without re-running audio), and with
@@ -50,9 +50,24 @@ from gate.energy import (
 )
 from gate.energy.wire import TLS_RECORD_OVERHEAD_B
 from gate.report import build_report
+from gate.report_schema import (
+    CloudInfo,
+    Detection,
+    DetectorInfo,
+    FailedInput,
+    KwsInfo,
+    KwsTraces,
+    MeasuredCloud,
+    RadioInfo,
+    RejectedDetection,
+    ReplayReport,
+    SecondStageRecord,
+    Timeline,
+    TraceRun,
+)
 from gate.transport.config import MqttConfig, estimated_session, uses_tls
 from gate_core.errors import AudioInputError, GateError
-from gate_core.wire import NodeTopics
+from gate_core.wire import NodeTopics, Verdict
 from sensors.analog.events import GateEvent, open_intervals
 from sensors.wavfile import AudioFileSource
 
@@ -72,10 +87,11 @@ class FileResult:
     intervals: list[tuple[float, float]]
     counts: LedgerSnapshot
     n_ticks: int = 0
-    detections: list[dict] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-    trace: list[dict] = field(default_factory=list)  # gated KWS posterior runs
-    reference_trace: list[dict] = field(default_factory=list)  # always-on KWS posteriors
+    detections: list[Detection] = field(default_factory=list)
+    suppressed_detections: int = 0
+    second_stage: SecondStageRecord | None = None  # None: no second stage on the node
+    trace: list[TraceRun] = field(default_factory=list)  # gated KWS posterior runs
+    reference_trace: list[TraceRun] = field(default_factory=list)  # always-on KWS posteriors
     reference_detections: list[float] = field(default_factory=list)
     level_db: list[float] = field(default_factory=list)
 
@@ -116,7 +132,7 @@ class RecordingSpotter:
         self.kws = kws
         self.path = path
         kws.keep_scores = True
-        self.runs: list[dict] = []
+        self.runs: list[TraceRun] = []
 
     @property
     def inferences(self) -> int:
@@ -136,8 +152,8 @@ class RecordingSpotter:
     def harvest(self) -> None:
         scores = getattr(self.kws, "scores", [])
         if scores:
-            self.runs.append({"path": self.path, "t0_s": round(scores[0].t_s, 6),
-                              "p": [round(s.posterior, 4) for s in scores]})
+            self.runs.append(TraceRun(path=self.path, t0_s=round(scores[0].t_s, 6),
+                                      p=[round(s.posterior, 4) for s in scores]))
             self.kws.scores = []
 
 
@@ -168,12 +184,14 @@ def load_kws(settings: GateSettings) -> tuple[Any | None, str | None]:
         return None, str(exc)
 
 
-def second_stage_record(cascade: Cascade, rejected: list[Rejected]) -> dict:
+def second_stage_record(cascade: Cascade, rejected: list[Rejected]) -> SecondStageRecord:
     """What the on-node second stage did in a file: candidates checked, and the ones it kept off the radio."""
     n = cascade.counts()
-    return {"checks": n["second_checks"], "rejected": n["second_rejected"],
-            "rejected_detections": [{"detect_s": round(r.segment.t_detect_s, 6), "kws_score": round(r.segment.score, 6),
-                                     "second_stage_score": round(r.score, 6)} for r in rejected]}
+    return SecondStageRecord(
+        checks=n["second_checks"], rejected=n["second_rejected"],
+        rejected_detections=[RejectedDetection(detect_s=round(r.segment.t_detect_s, 6),
+                                               kws_score=round(r.segment.score, 6),
+                                               second_stage_score=round(r.score, 6)) for r in rejected])
 
 
 def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publisher: Any | None = None,
@@ -221,21 +239,21 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
     keepalive = getattr(publisher, "keepalive", None)  # the link's pings over this file's audio
     if keepalive is not None:
         keepalive(audio_s)
-    trace: list[dict] = []
+    trace: list[TraceRun] = []
     if recorder is not None:
         recorder.harvest()
         trace = recorder.runs
-    reference_trace: list[dict] = []
+    reference_trace: list[TraceRun] = []
     if reference_kws is not None:
         rec = RecordingSpotter(reference_kws, str(path))
         rec.harvest()
         reference_trace = rec.runs
     return FileResult(path=str(path), audio_seconds=audio_s, intervals=open_intervals(events, audio_s),
                       counts=ledger.snapshot(), n_ticks=cascade.counts()["ticks"],
-                      detections=[{"path": str(path), **p.record, "verdict": None} for p in published],
-                      extra={"suppressed_detections": cascade.suppressed_detections,
-                             **({"second_stage": second_stage_record(cascade, rejected)}
-                                if cascade.second_stage is not None else {})},
+                      detections=[Detection(path=str(path), **p.record, verdict=None) for p in published],
+                      suppressed_detections=cascade.suppressed_detections,
+                      second_stage=(second_stage_record(cascade, rejected)
+                                    if cascade.second_stage is not None else None),
                       trace=trace, reference_trace=reference_trace, reference_detections=reference_hits,
                       level_db=level.db)
 
@@ -244,7 +262,7 @@ def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str |
                  realtime: bool = False, verdict_wait_s: float | None = None,
                  labels: dict[str, list] | None = None, kws: Any | None | str = "auto",
                  cloud: bool | None = None, reference: bool | None = None,
-                 progress: Callable[[float], None] | None = None) -> dict:
+                 progress: Callable[[float], None] | None = None) -> ReplayReport:
     """Replay every file; unreadable ones are listed in ``failed_inputs`` and the rest still count.
 
     ``cloud``: start a private cloud worker (default: with the embedded broker only; an external
@@ -266,24 +284,23 @@ def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str |
     if reference and kws is not None:
         reference_kws, _ = load_kws(settings)
     results: list[FileResult] = []
-    failed: list[dict] = []
-    verdicts: dict[str, dict] = {}
+    failed: list[FailedInput] = []
+    verdicts: dict[str, Verdict] = {}
     transport_counts = LedgerSnapshot()
     transport_stats = None
-    cloud_info: dict[str, Any] = {"worker": None, "available": False, "reason": None}
+    cloud_reason: str | None = None
     worker = None
     with ExitStack() as stack:
         transport, broker_url = _open_transport(settings, broker, verdicts, stack)
         if transport is not None and cloud and kws is not None:
-            worker, cloud_info["reason"] = _start_cloud(broker_url, settings, stack)
-            cloud_info["worker"] = "gate-cloud serve (subprocess)" if worker is not None else None
+            worker, cloud_reason = _start_cloud(broker_url, settings, stack)
         elif transport is not None and not cloud:
-            cloud_info["reason"] = ("no cloud worker requested: verdicts not available" if broker == "embedded" else
-                                    "external broker: verdicts come from whatever service is subscribed to it")
+            cloud_reason = ("no cloud worker requested: verdicts not available" if broker == "embedded" else
+                            "external broker: verdicts come from whatever service is subscribed to it")
         elif transport is None:
-            cloud_info["reason"] = "no broker: segments were not sent"
+            cloud_reason = "no broker: segments were not sent"
         else:
-            cloud_info["reason"] = "no KWS: nothing to verify"
+            cloud_reason = "no KWS: nothing to verify"
         if transport is not None:
             if verdict_wait_s is None:
                 # A private broker with no worker of ours has nobody to answer.
@@ -297,7 +314,7 @@ def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str |
                                            realtime=realtime, reference_kws=reference_kws, progress=progress))
             except AudioInputError as exc:
                 log.info("skipping %s: %s", path, exc)
-                failed.append({"path": str(path), "error": exc.args[0], "code": exc.code})
+                failed.append(FailedInput(path=str(path), error=exc.args[0], code=exc.code))
         if transport is not None:
             n_segments = sum(len(r.detections) for r in results)
             if not transport.flush(settings.node.flush_timeout_s):
@@ -311,42 +328,43 @@ def replay_files(paths: Iterable[Path], *, settings: GateSettings, broker: str |
             transport.close(timeout=settings.node.flush_timeout_s, wait_answers=False)
             transport_counts = transport.ledger.snapshot()
     # The ExitStack has stopped the worker (its summary is written on SIGTERM) and the broker.
+    measured: dict[str, Any] = {}
     if worker is not None:
         from gate.cloud_leg import measured_energy
 
-        cloud_info["measured"] = measured_energy(worker.summary)
-    # An external broker's service counts too once it has answered.
-    cloud_info["available"] = worker is not None or bool(verdicts)
-    cloud_info["verdicts"] = len(verdicts)
+        meter = measured_energy(worker.summary)
+        measured["measured"] = MeasuredCloud.model_validate(meter) if meter is not None else None
+    cloud_info = CloudInfo(worker="gate-cloud serve (subprocess)" if worker is not None else None,
+                           # An external broker's service counts too once it has answered.
+                           available=worker is not None or bool(verdicts), reason=cloud_reason,
+                           verdicts=len(verdicts), **measured)
     for r in results:
-        for d in r.detections:
-            d["verdict"] = verdicts.get(d["segment_id"])
+        r.detections = [d.model_copy(update={"verdict": verdicts.get(d.segment_id)}) for d in r.detections]
     dets = [d for r in results for d in r.detections]
     # One cloud invocation per published segment, priced per audio second by the profile.
     cloud_counts = LedgerSnapshot(stages={CLOUD: StageCounts(
-        invocations=len(dets), active_seconds=sum(d["end_s"] - d["start_s"] for d in dets))})
+        invocations=len(dets), active_seconds=sum(d.end_s - d.start_s for d in dets))})
     # Stages the node ran; the cloud stage is charged whenever segments were cut (see the module doc).
     stages = [ANALOG_GATE, ADC] + ([FEATURES_KWS, ENCODER, RADIO] if kws is not None else [])
+    radio = (RadioInfo(mode="broker", broker=broker, delivered=transport_stats.delivered,
+                       pending=transport_stats.pending) if transport_stats is not None
+             else RadioInfo(mode="estimated", broker=None))
+    traces = KwsTraces(detector=_detector_params(settings, kws), gated=[run for r in results for run in r.trace],
+                       always_on=[run for r in results for run in r.reference_trace] if reference_kws else None)
     report = build_report(results=results, failed=failed, settings=settings, model=model, stages_run=stages,
+                          kws=KwsInfo(available=kws is not None, reason=kws_note), radio=radio, cloud=cloud_info,
+                          kws_traces=traces,
+                          timeline=Timeline(level_hop_s=LEVEL_HOP_S, level_dbfs={r.path: r.level_db for r in results}),
                           extra_counts=transport_counts.add(cloud_counts), kws_hop_s=_kws_hop_s(settings, kws))
-    report["kws"] = {"available": kws is not None, "reason": kws_note}
-    report["radio"] = ({"mode": "broker", "broker": broker, "delivered": transport_stats.delivered,
-                        "pending": transport_stats.pending} if transport_stats is not None
-                       else {"mode": "estimated", "broker": None})
-    report["cloud"] = cloud_info
-    report["kws_traces"] = {"detector": _detector_params(settings, kws),
-                            "gated": [run for r in results for run in r.trace],
-                            "always_on": [run for r in results for run in r.reference_trace] if reference_kws else None}
-    report["timeline"] = {"level_hop_s": LEVEL_HOP_S, "level_dbfs": {r.path: r.level_db for r in results}}
     if labels is not None:
         from gate.report import add_detection_metrics
 
         reference_dets = {r.path: r.reference_detections for r in results} if reference_kws is not None else None
-        add_detection_metrics(report, labels, reference_detections=reference_dets)
+        report = add_detection_metrics(report, labels, reference_detections=reference_dets)
     return report
 
 
-def _open_transport(settings: GateSettings, broker: str | None, verdicts: dict[str, dict],
+def _open_transport(settings: GateSettings, broker: str | None, verdicts: dict[str, Verdict],
                     stack: ExitStack) -> tuple[Any | None, str | None]:
     """An MQTT transport (and the embedded broker) when ``broker`` is given; (None, None) otherwise."""
     if broker is None:
@@ -364,7 +382,7 @@ def _open_transport(settings: GateSettings, broker: str | None, verdicts: dict[s
     s = settings.model_copy(deep=True)
     s.mqtt.spool_dir = spool_dir
     transport = open_transport(s, ledger=EnergyLedger(), boot_id=None, broker=url, stack=stack,
-                               on_verdict=lambda v: verdicts.__setitem__(v.segment_id, v.model_dump(mode="json")),
+                               on_verdict=lambda v: verdicts.__setitem__(v.segment_id, v),
                                spool=Spool(spool_dir, max_bytes=int(s.mqtt.spool_max_mb * 2**20), fsync=False))
     transport.start()
     stack.callback(transport.close, timeout=s.node.flush_timeout_s)
@@ -393,7 +411,7 @@ def _await_verdict_s(configured: float | None, verdict_wait_s: float) -> float |
     return min(configured, max(1.0, verdict_wait_s / 2))
 
 
-def _await_verdicts(verdicts: dict, n_segments: int, *, idle_s: float, alive: Callable[[], bool]) -> None:
+def _await_verdicts(verdicts: dict[str, Verdict], n_segments: int, *, idle_s: float, alive: Callable[[], bool]) -> None:
     """Until every segment has its verdict, the worker dies, or ``idle_s`` pass without a new verdict."""
     seen, last = len(verdicts), time.monotonic()
     while len(verdicts) < n_segments and alive():
@@ -413,15 +431,15 @@ def _kws_hop_s(settings: GateSettings, kws: Any | None) -> float:
     return settings.kws.stride_frames * Featurizer(settings.kws.feature_kind, settings.audio.sample_rate).period_s
 
 
-def _detector_params(settings: GateSettings, kws: Any | None) -> dict | None:
+def _detector_params(settings: GateSettings, kws: Any | None) -> DetectorInfo | None:
     if kws is None:
         return None
     k = settings.kws
     from gate_core.metrics import segment_hold_s
 
-    return {"threshold": float(kws.detector.threshold), "smoothing_s": k.smoothing_s,
-            "min_consecutive": k.min_consecutive, "refractory_s": k.refractory_s,
-            "period_s": float(kws.detector.period_s), "hold_s": segment_hold_s(settings.segmenter)}
+    return DetectorInfo(threshold=float(kws.detector.threshold), smoothing_s=k.smoothing_s,
+                        min_consecutive=k.min_consecutive, refractory_s=k.refractory_s,
+                        period_s=float(kws.detector.period_s), hold_s=segment_hold_s(settings.segmenter))
 
 
 def _wait_until(t: float) -> None:

@@ -30,6 +30,7 @@ import yaml
 
 from gate.config import GateSettings
 from gate.energy import CLOUD, ENCODER, RADIO, EnergyModel, LedgerSnapshot, StageCounts, wire_bytes
+from gate.report_schema import Detection, DetectorInfo, InputEntry, TraceRun
 from gate_core.errors import GateError
 from gate_core.metrics import DetectorParams, default_thresholds, score, trace_detections, wake_windows
 from gate_core.wire import NodeTopics
@@ -119,21 +120,32 @@ def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def _replay_point(args: tuple) -> dict:
-    """One analog setting, in a worker process: the slim part of a replay report tune needs."""
+@dataclass(frozen=True, slots=True)
+class ReplayPoint:
+    """The slim part of one analog setting's replay report that tune needs (it crosses a process boundary)."""
+
+    point: AnalogPoint
+    counts: dict[str, Any]  # LedgerSnapshot.to_dict(): a snapshot holds a mappingproxy, which pickle refuses
+    detections: list[Detection]
+    inputs: list[InputEntry]
+    trace: list[TraceRun]
+    detector: DetectorInfo | None
+    kws_reason: str | None
+
+
+def _replay_point(args: tuple) -> ReplayPoint:
+    """One analog setting, in a worker process."""
     from gate.replay import replay_files
 
     files, labels, settings_json, point = args
     settings = point.apply(GateSettings.model_validate_json(settings_json))
     report = replay_files([Path(f) for f in files], settings=settings, labels=None, reference=False)
-    if report["failed_inputs"]:
-        raise GateError(f"tune: cannot read {report['failed_inputs'][0]['path']}: "
-                        f"{report['failed_inputs'][0]['error']}", code="audio_unreadable")
-    return {"point": point, "counts": report["counts"], "detections": report["detections"],
-            "inputs": [{"path": i["path"], "audio_seconds": i["audio_seconds"], "duty_cycle": i["duty_cycle"]}
-                       for i in report["inputs"]],
-            "trace": report["kws_traces"]["gated"], "detector": report["kws_traces"]["detector"],
-            "kws_reason": report["kws"]["reason"]}
+    if report.failed_inputs:
+        failed = report.failed_inputs[0]
+        raise GateError(f"tune: cannot read {failed.path}: {failed.error}", code="audio_unreadable")
+    return ReplayPoint(point=point, counts=report.counts.to_dict(), detections=report.detections,
+                       inputs=report.inputs, trace=report.kws_traces.gated, detector=report.kws_traces.detector,
+                       kws_reason=report.kws.reason)
 
 
 def tune(files: Sequence[Path], labels: dict[str, list], *, settings: GateSettings, grid: TuneGrid,
@@ -146,8 +158,8 @@ def tune(files: Sequence[Path], labels: dict[str, list], *, settings: GateSettin
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             replays = list(pool.map(_replay_point, tasks))
-    if replays and replays[0]["detector"] is None:
-        raise GateError(f"tune needs the KWS: {replays[0]['kws_reason']}", code="kws_unavailable")
+    if replays and replays[0].detector is None:
+        raise GateError(f"tune needs the KWS: {replays[0].kws_reason}", code="kws_unavailable")
     points = []
     for rp in replays:
         points.extend(_sweep(rp, labels, settings, model, grid.kws_thresholds))
@@ -162,22 +174,23 @@ def tune(files: Sequence[Path], labels: dict[str, list], *, settings: GateSettin
     return TuneResult(target_fa_per_hour, model.profile.name, points, front, best, settings, notes)
 
 
-def _sweep(rp: dict, labels: dict[str, list], settings: GateSettings, model: EnergyModel,
+def _sweep(rp: ReplayPoint, labels: dict[str, list], settings: GateSettings, model: EnergyModel,
            thresholds: Sequence[float]) -> list[dict]:
-    det = rp["detector"]
-    params = DetectorParams(**{k: det[k] for k in ("smoothing_s", "min_consecutive", "refractory_s", "period_s",
-                                                    "hold_s")})
-    audio = {i["path"]: i["audio_seconds"] for i in rp["inputs"]}
+    det = rp.detector
+    params = DetectorParams(smoothing_s=det.smoothing_s, min_consecutive=det.min_consecutive,
+                            refractory_s=det.refractory_s, period_s=det.period_s, hold_s=det.hold_s)
+    audio = {i.path: i.audio_seconds for i in rp.inputs}
     streams = {p: (wake_windows(spans), audio[p]) for p, spans in labels.items() if p in audio}
-    counts = LedgerSnapshot.from_dict(rp["counts"])
-    per_segment = _per_segment(rp["detections"], counts, settings)
+    counts = LedgerSnapshot.from_dict(rp.counts)
+    per_segment = _per_segment(rp.detections, counts, settings)
     fixed = LedgerSnapshot(audio_seconds=counts.audio_seconds,
                            stages={n: c for n, c in counts.stages.items() if n not in (ENCODER, RADIO, CLOUD)})
-    p0: AnalogPoint = rp["point"]
-    duty = sum(i["duty_cycle"] * i["audio_seconds"] for i in rp["inputs"]) / max(counts.audio_seconds, 1e-9)
+    p0 = rp.point
+    duty = sum(i.duty_cycle * i.audio_seconds for i in rp.inputs) / max(counts.audio_seconds, 1e-9)
+    runs = [r.model_dump() for r in rp.trace]
     out = []
     for th in thresholds:
-        dets = trace_detections(rp["trace"], params, th)
+        dets = trace_detections(runs, params, th)
         n = sum(len(v) for v in dets.values())
         priced = model.price(fixed.add(_scaled(per_segment, n)))
         m = score(dets, streams)
@@ -189,7 +202,7 @@ def _sweep(rp: dict, labels: dict[str, list], settings: GateSettings, model: Ene
     return out
 
 
-def _per_segment(detections: list[dict], counts: LedgerSnapshot, settings: GateSettings) -> dict[str, StageCounts]:
+def _per_segment(detections: list[Detection], counts: LedgerSnapshot, settings: GateSettings) -> dict[str, StageCounts]:
     """Mean encoder/radio/cloud counts of one segment."""
     n = len(detections)
     if n:
@@ -264,5 +277,5 @@ def write_outputs(result: TuneResult, out: Path, *, sweep_out: Path | None = Non
     return written + [json_path, csv_path]
 
 
-__all__: list[Any] = ["AnalogPoint", "TuneGrid", "TuneResult", "pareto_front", "thresholds_yaml", "tune",
+__all__: list[Any] = ["AnalogPoint", "ReplayPoint", "TuneGrid", "TuneResult", "pareto_front", "thresholds_yaml", "tune",
                       "write_outputs"]

@@ -54,18 +54,18 @@ def test_report_has_the_documented_fields(burst_file, tmp_path):
 
 def test_savings_follow_from_the_priced_stages(burst_file):
     r = replay_files([burst_file], settings=GateSettings())
-    stream = r["baselines"]["always_stream"]
+    stream = r.baselines["always_stream"]
     # No segment: the only radio bytes are the link's CONNECT and SUBSCRIBE (20 s: no keepalive yet).
     offline = Status(node_id="node1", state="offline", boot_id=new_id(), version=gate.__version__).to_json()
     session = control_b(mqtt_connect_b(client_id="gate-gate-node1", will_topic="gate/node1/status",
                                        will_payload=offline), 4,
                         *mqtt_subscribe_b(["gate/node1/verdict", "gate/node1/config"]))
-    assert r["totals"]["bytes"] == session and stream["bytes"] >= 20 * 32000
-    assert r["savings"]["bytes_pct"] == pytest.approx(100 * (1 - session / stream["bytes"]))
-    assert r["savings"]["joules_pct"] == pytest.approx(100 * (1 - r["totals"]["joules"] / stream["joules"]))
+    assert r.totals.bytes == session and stream.bytes >= 20 * 32000
+    assert r.savings.bytes_pct == pytest.approx(100 * (1 - session / stream.bytes))
+    assert r.savings.joules_pct == pytest.approx(100 * (1 - r.totals.joules / stream.joules))
     # On a Pi the host's idle power dominates; the report says so instead of hiding it.
-    assert r["savings"]["host_share_of_cascade_pct"] > 90
-    assert r["savings"]["joules_pct_excluding_host"] > r["savings"]["joules_pct"]
+    assert r.savings.host_share_of_cascade_pct > 90
+    assert r.savings.joules_pct_excluding_host > r.savings.joules_pct
 
 
 def test_a_saved_report_reprices_like_a_fresh_run(burst_file, tmp_path):
@@ -81,10 +81,10 @@ def test_a_saved_report_reprices_like_a_fresh_run(burst_file, tmp_path):
     s = GateSettings()
     s.energy.profile = str(mcu)
     fresh = replay_files([burst_file], settings=s)
-    assert repriced["profile"]["name"] == "mcu-analog"
-    assert repriced["totals"] == fresh["totals"]
-    assert repriced["savings"] == fresh["savings"]
-    assert repriced["totals"]["joules"] < load_report(out)["totals"]["joules"]
+    assert repriced.profile.name == "mcu-analog"
+    assert repriced.totals == fresh.totals
+    assert repriced.savings == fresh.savings
+    assert repriced.totals.joules < load_report(out).totals.joules
 
 
 def test_bad_files_are_listed_and_the_rest_still_counts(burst_file, tmp_path, capsys):
@@ -131,19 +131,19 @@ def test_the_links_keepalives_are_charged_on_the_audio_clock(tmp_path):
     s = GateSettings()
     s.mqtt.keepalive_s = 30
     no_kws = replay_files([quiet], settings=s, kws=None)
-    assert no_kws["totals"]["bytes"] == 0  # no KWS: nothing is ever published, no link is held
-    with_kws = replay_files([quiet], settings=s)["totals"]["bytes"]
+    assert no_kws.totals.bytes == 0  # no KWS: nothing is ever published, no link is held
+    with_kws = replay_files([quiet], settings=s).totals.bytes
     s.mqtt.keepalive_s = 3600
-    once = replay_files([quiet], settings=s)["totals"]["bytes"]
+    once = replay_files([quiet], settings=s).totals.bytes
     # 65 s of audio at a 30 s keepalive: two PINGREQ/PINGRESP exchanges of 2 + 2 B and two TCP/IP headers.
     assert with_kws - once == 2 * (2 + 2 + 2 * 40)
 
 
 def test_baselines_hold_a_link_like_the_cascades_node(burst_file):
     r = replay_files([burst_file], settings=GateSettings())
-    b = r["baselines"]
+    b = r.baselines
     # The always-on-KWS node sends the cascade's segments over the same kind of link: same bytes.
-    assert b["always_on_kws"]["bytes"] == r["totals"]["bytes"] > 0
+    assert b["always_on_kws"].bytes == r.totals.bytes > 0
     # The stream connects once too (20 s of 16-bit PCM in 100 ms messages, plus that connect).
     pcm = wire_bytes(20 * SR * 2, topic_len=24, packet_payload=3200)
-    assert b["always_stream"]["bytes"] == pcm + r["totals"]["bytes"]
+    assert b["always_stream"].bytes == pcm + r.totals.bytes

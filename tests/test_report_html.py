@@ -10,6 +10,8 @@ from report_helpers import mcu_without_startup, slice_demo, standin_config
 from gate.cli import main
 from gate.config import load_settings
 from gate.replay import replay_files
+from gate.report_schema import CommandResults, Detection, ReplayReport
+from gate_core.wire import Verdict, new_id
 from sensors.scenario import scenario_inputs
 
 
@@ -39,6 +41,14 @@ def test_published_segments_get_verdicts_from_the_cloud_worker(cloud_replay):
     measured = r["cloud"]["measured"]
     assert measured["segments"] == len(r["detections"]) and measured["joules"] > 0
     assert r["radio"]["delivered"] == len(r["detections"])
+
+
+def test_a_report_with_verdicts_and_the_workers_meter_reads_back_key_for_key(cloud_replay):
+    r, _ = cloud_replay
+    report = ReplayReport.model_validate(r)
+    assert report.detections[0].verdict.segment_id == report.detections[0].segment_id
+    assert report.cloud.measured.segments == len(report.detections) and report.cloud_sensitivity is not None
+    assert json.dumps(report.to_json(), indent=2) == json.dumps(r, indent=2)
 
 
 def test_report_prices_three_pipelines_and_every_stage(cloud_replay):
@@ -97,6 +107,7 @@ def test_cli_reprice_equals_a_fresh_replay_with_that_profile(scene, tmp_path):
     audio, labels = scenario_inputs(d)
     fresh = replay_files([audio], settings=settings, labels={str(audio): labels}, reference=False)
     assert r["profile"]["name"] == "mcu-analog" and json.loads(saved.read_text())["profile"]["name"] == "pi4"
+    fresh = fresh.to_json()
     assert _numbers(r["totals"]) == pytest.approx(_numbers(fresh["totals"]))
     for name in fresh["baselines"]:
         assert _numbers(r["baselines"][name]["totals"]) == pytest.approx(_numbers(fresh["baselines"][name]["totals"]))
@@ -137,10 +148,10 @@ def test_without_a_cloud_worker_the_replay_goes_on_and_says_why(scene, monkeypat
     audio, labels = scenario_inputs(d)
     r = replay_files([audio], settings=load_settings(cfg), broker="embedded", labels={str(audio): labels},
                      reference=False)
-    assert r["detections"] and all(det["verdict"] is None for det in r["detections"])
-    assert not r["cloud"]["available"]
-    assert r["cloud"]["reason"].startswith("no cloud worker: verdicts not available")
-    assert r["detection"]["tiny_cloud"] is None
+    assert r.detections and all(det.verdict is None for det in r.detections)
+    assert not r.cloud.available
+    assert r.cloud.reason.startswith("no cloud worker: verdicts not available")
+    assert r.detection.tiny_cloud is None
 
 
 def test_commands_after_accepted_detections_are_scored_against_the_command_said():
@@ -159,12 +170,15 @@ def test_commands_after_accepted_detections_are_scored_against_the_command_said(
                          lab(60.0, 60.5, "command", "command", "stop")]}  # a command without a wake phrase
 
     def det(t, accepted, command):
-        return {"path": "s.flac", "detect_s": t, "verdict": {"accepted": accepted, "command": command}}
+        sid = new_id()
+        return Detection(path="s.flac", segment_id=sid, seq=0, start_s=t - 2.0, end_s=t + 3.0, detect_s=t, score=0.9,
+                         end_reason="command_window", preroll_clipped=False, audio_bytes=1, payload_bytes=2,
+                         verdict=Verdict(segment_id=sid, node_id="n", accepted=accepted, command=command))
 
     dets = [det(2.7, True, "down"), det(20.7, True, "on"), det(40.7, True, None),
             det(59.9, True, "stop"),    # no wake_command there: not scored
             det(80.0, False, "stop")]   # rejected by the cloud: not scored
-    assert _command_results(dets, labels) == {"detected": 3, "correct": 1, "unrecognised": 1, "wrong": 1}
+    assert _command_results(dets, labels) == CommandResults(detected=3, correct=1, unrecognised=1, wrong=1)
     assert _command_results(dets[3:], labels) is None
 
 
@@ -172,8 +186,9 @@ def test_the_html_detection_table_says_how_the_commands_fared(cloud_replay):
     from gate.html_report import _detection_table
 
     r, _ = cloud_replay
-    report = {**r, "detection": {**r["detection"], "commands": {"detected": 5, "correct": 4, "unrecognised": 1,
-                                                                 "wrong": 0}}}
+    report = ReplayReport.model_validate(r)
+    commands = CommandResults(detected=5, correct=4, unrecognised=1, wrong=0)
+    report = report.model_copy(update={"detection": report.detection.model_copy(update={"commands": commands})})
     assert "Commands after accepted detections: 4 of 5 right (1 not recognised, 0 wrong)" in _detection_table(report)
-    report["detection"].pop("commands")
+    report = report.model_copy(update={"detection": report.detection.model_copy(update={"commands": None})})
     assert "Commands after" not in _detection_table(report)
