@@ -132,7 +132,8 @@ def clicks(rng: np.random.Generator, batch: int, n: int, *, rate_hz: tuple[float
 
 def babble(rng: np.random.Generator, batch: int, n: int, speech: Sequence[np.ndarray],
            *, talkers: tuple[int, int] = (3, 8)) -> np.ndarray:
-    """Several synthetic talkers at once, each a chain of utterances, unit RMS per row."""
+    """Several synthetic talkers at once, each a chain of unit-RMS utterances from a random start, unit RMS
+    per row: the batch augmenter's babble (``babble_mix`` is the training scenes')."""
     if not speech:
         raise ValueError("babble needs speech to build from")
     out = np.zeros((batch, n), dtype=np.float32)

@@ -1,10 +1,11 @@
 """Room impulse responses, in numpy: a shoebox image-source model and a statistical one.
 
-Image-source rooms (:func:`rir`, Allen & Berkley, 1979): early reflections come from the images (exact delays, so the comb filtering and the
-direct-to-reverberant ratio depend on the geometry); the late tail, where images become too
-many to enumerate cheaply, is exponentially decaying noise with the target RT60, matched in
-level to the image-source energy where the two meet. This hybrid is the usual trade-off in
-room simulators (pyroomacoustics does the same with its ray-tracing tail).
+Image-source rooms (:func:`rir`, Allen & Berkley, 1979): early reflections come from the images
+(exact delays, so the comb filtering and the direct-to-reverberant ratio depend on the geometry);
+the late tail, where images become too many to enumerate cheaply, is exponentially decaying
+noise with the target RT60, matched in level to the image-source energy where the two meet.
+This hybrid is the usual trade-off in room simulators (pyroomacoustics does the same with its
+ray-tracing tail).
 
 Statistical rooms (:func:`statistical_rir`) have no geometry: the direct path and then the late
 tail alone, exponentially decaying noise at a random level. The training pipeline's clips and
