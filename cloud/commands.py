@@ -33,6 +33,9 @@ class CommandRecognizer:
                  read_offsets_s: Sequence[float] = DEFAULT_READ_OFFSETS_S) -> None:
         path = Path(model_path)
         self.card = read_card(path, required=CARD_NEEDED)
+        if not self.card.get("classes"):
+            raise ModelError(f"{path.with_suffix('.json')}: classes: missing (the output classes, in order)",
+                             code="model_card")
         self.classes: list[str] = list(self.card["classes"])
         self.model = TFLiteModel(model_path=path, num_threads=1)
         if self.model.output.shape[-1] != len(self.classes):

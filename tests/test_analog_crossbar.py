@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 
+from gate_core import cards
 from gate_core.errors import ConfigError
 from sensors.analog import AnalogConfig, AnalogFrontEnd
 from sensors.analog import crossbar as xb
@@ -230,10 +230,11 @@ def test_bad_crossbar_settings_name_the_field(tmp_path, net_file):
 
 def test_shipped_network_and_card():
     net = CrossbarNet.load(DEFAULT_MODEL)
-    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    card, record = cards.read_runtime(DEFAULT_MODEL), cards.read_record(DEFAULT_MODEL)
     assert card["threshold"] == pytest.approx(net.threshold)
-    assert card["macs_per_tick"] == net.macs_per_tick
-    assert set(card["training"]["engines"]) <= {"espeak", "pico", "rhvoice"}
+    assert card["inputs"]["taps_ticks"] == list(net.taps) and card["inputs"]["channels"] == net.n_channels
+    assert record["macs_per_tick"] == net.macs_per_tick
+    assert set(record["training"]["engines"]) <= {"espeak", "pico", "rhvoice"}
     assert DEFAULT_MODEL.stat().st_size < 64_000
     fe = AnalogFrontEnd(config=AnalogConfig(decision={"rule": "crossbar"}))
     assert isinstance(fe.crossbar, CrossbarDecision)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from gate.kws.config import KwsConfig
+from gate.kws.interpreter import read_evaluation
 from gate.kws.stage import KeywordSpotter, default_model_path, read_card
 from sensors.wavfile import read_audio
 
@@ -37,7 +38,7 @@ def _detect(path: Path, chunk: int = 1600) -> list:
 def test_shipped_model_is_within_the_node_budget():
     card = read_card(default_model_path("logmel"))
     assert default_model_path("logmel").stat().st_size <= 64 * 1024
-    assert card["macs"] <= 3_000_000
+    assert read_evaluation(default_model_path("logmel"))["macs"] <= 3_000_000
     assert card["feature_kind"] == "logmel" and card["window_frames"] == 100
 
 

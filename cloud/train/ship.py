@@ -2,15 +2,16 @@
 and the speech-embedding head (verifier v2, also the node's second stage) as gate/models/second_stage.
 
 Of the tiny log-mel candidates (hard labels, distilled) the one that misses least on the evaluation
-scenes while keeping to the false-accept goal is shipped; its card says which it was and why.
+scenes while keeping to the false-accept goal is shipped; its card says which it was and why. Each model
+goes with its runtime card (``<model>.json``) and its evaluation record (``<model>.eval.json``, gate_core.cards).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+from gate_core import cards
 from gate_core.cliutil import read_json
 from gate_core.errors import GateError
 
@@ -55,6 +56,28 @@ def read_run(run_dir: Path) -> dict:
     return card
 
 
+def run_model_card(run_dir: Path, name: str) -> dict:
+    """A run's model card in one piece: ``<name>.json`` with ``<name>.eval.json`` when the run split them."""
+    card = read_json(run_dir / f"{name}.json", "model card (JSON)")
+    if not isinstance(card, dict):
+        raise ShipError(f"{run_dir / name}.json: a model card is a JSON object, not {type(card).__name__}",
+                        code="run_incomplete")
+    try:
+        return {**card, **cards.read_record(run_dir / f"{name}.tflite")}
+    except cards.CardError as exc:
+        raise ShipError(exc.args[0], code="run_incomplete") from None
+
+
+def _install(run_dir: Path, name: str, dst: Path, model_card: dict) -> str:
+    """Copy the run's model to ``dst``.tflite and write its runtime card and evaluation record beside it."""
+    try:
+        cards.write_model_card(dst.with_suffix(".tflite"), model_card)
+    except cards.CardError as exc:
+        raise ShipError(exc.args[0], code="run_incomplete") from None
+    shutil.copyfile(run_dir / f"{name}.tflite", dst.with_suffix(".tflite"))
+    return str(dst.with_suffix(".tflite"))
+
+
 def ship(run_dir: Path, gate_models: Path = GATE_MODELS, cloud_models: Path = CLOUD_MODELS) -> dict[str, str]:
     card = read_run(run_dir)
     gate_models.mkdir(parents=True, exist_ok=True)
@@ -66,29 +89,18 @@ def ship(run_dir: Path, gate_models: Path = GATE_MODELS, cloud_models: Path = CL
         except ValueError:
             continue
         dst = gate_models / f"kws_{kind}"
-        shutil.copyfile(run_dir / f"{name}.tflite", dst.with_suffix(".tflite"))
-        model_card = json.loads((run_dir / f"{name}.json").read_text())
-        model_card["shipped_as"] = dst.name
-        model_card["chosen_from"] = [n for n in card["models"] if n.startswith(f"tiny_{kind}")]
-        model_card["training"] = card.get("training")
-        model_card["data"] = card.get("data")
-        dst.with_suffix(".json").write_text(json.dumps(model_card, indent=2) + "\n")
-        shipped[name] = str(dst.with_suffix(".tflite"))
+        shipped[name] = _install(run_dir, name, dst, {
+            **run_model_card(run_dir, name), "shipped_as": dst.name,
+            "chosen_from": [n for n in card["models"] if n.startswith(f"tiny_{kind}")],
+            "training": card.get("training"), "data": card.get("data")})
     for name in ("verifier", "commands"):
         if name not in card["models"]:
             continue  # a partial run (--only) leaves the shipped one in place
-        shutil.copyfile(run_dir / f"{name}.tflite", cloud_models / f"{name}.tflite")
-        model_card = json.loads((run_dir / f"{name}.json").read_text())
-        model_card["training"] = card.get("training")
-        (cloud_models / f"{name}.json").write_text(json.dumps(model_card, indent=2) + "\n")
-        shipped[name] = str(cloud_models / f"{name}.tflite")
+        shipped[name] = _install(run_dir, name, cloud_models / name,
+                                 {**run_model_card(run_dir, name), "training": card.get("training")})
     if "verifier_v2" in card["models"]:
         # One head serves both: the node's second stage and the cloud's verifier v2 (cloud.verifier reads it here).
         dst = gate_models / "second_stage"
-        shutil.copyfile(run_dir / "verifier_v2.tflite", dst.with_suffix(".tflite"))
-        model_card = json.loads((run_dir / "verifier_v2.json").read_text())
-        model_card["training"] = card.get("training")
-        model_card["shipped_as"] = dst.name
-        dst.with_suffix(".json").write_text(json.dumps(model_card, indent=2) + "\n")
-        shipped["verifier_v2"] = str(dst.with_suffix(".tflite"))
+        shipped["verifier_v2"] = _install(run_dir, "verifier_v2", dst, {
+            **run_model_card(run_dir, "verifier_v2"), "training": card.get("training"), "shipped_as": dst.name})
     return shipped

@@ -8,14 +8,15 @@ Quantization parameters are always read from the model's tensors, never hard-cod
 from __future__ import annotations
 
 import importlib
-import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from gate_core import cards
 from gate_core.cliutil import quiet_native_stderr
 from gate_core.errors import GateError
 
@@ -35,21 +36,33 @@ class ModelError(GateError):
     code = "model_invalid"
 
 
-def read_card(model_path: str | Path, *, required: str | None = None) -> dict:
-    """The model card beside a model (same name, .json): a JSON object. A missing card is {} unless
-    ``required`` says what the card is needed for, when it is an error naming the file and that reason."""
-    p = Path(model_path).with_suffix(".json")
-    if not p.is_file():
-        if required:
-            raise ModelError(f"{p}: model card missing ({required})", code="model_missing")
-        return {}
+@contextmanager
+def _card_errors() -> Iterator[None]:
     try:
-        card = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{p}: not a readable model card ({exc})", code="model_card") from None
-    if not isinstance(card, dict):
-        raise ModelError(f"{p}: a model card is a JSON object, not {type(card).__name__}", code="model_card")
-    return card
+        yield
+    except cards.CardError as exc:
+        raise ModelError(exc.args[0], code=exc.code) from None
+
+
+def read_card(model_path: str | Path, *, required: str | None = None) -> dict:
+    """The runtime card beside a model (same name, .json; gate_core.cards), validated: a dict of its fields.
+    A missing card is {} unless ``required`` says what the card is needed for, when it is an error naming
+    the file and that reason. A bad card is a one-line ModelError naming the file, the field and the value."""
+    with _card_errors():
+        return cards.read_runtime(model_path, required=required)
+
+
+def read_evaluation(model_path: str | Path) -> dict:
+    """The evaluation record of a model (``<model>.eval.json``: size, compute, training, accuracies, scene
+    figures), validated; {} when the model has none."""
+    with _card_errors():
+        return cards.read_record(model_path)
+
+
+def check_card(card: object, where: object) -> dict:
+    """The runtime part of an already loaded card (an over-the-air release's), validated like read_card's."""
+    with _card_errors():
+        return cards.check_runtime(card, where)
 
 
 def find_interpreter(backends: Sequence[tuple[str, str]] = BACKENDS,

@@ -15,7 +15,7 @@ import numpy as np
 
 from gate.kws.config import KwsConfig
 from gate.kws.featurize import Featurizer
-from gate.kws.interpreter import ModelError, TFLiteModel, read_card
+from gate.kws.interpreter import ModelError, TFLiteModel, check_card, read_card
 from gate_core.detector import Detection, Detector
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -100,7 +100,9 @@ class KeywordSpotter:
     @classmethod
     def from_parts(cls, config: KwsConfig, model: TFLiteModel, card: dict, sample_rate: int = 16_000, *,
                    keep_scores: bool = False, where: object = "<model>") -> KeywordSpotter:
-        """A spotter on an already loaded model and its card (an over-the-air release, before it is installed)."""
+        """A spotter on an already loaded model and its card (an over-the-air release, before it is installed):
+        the card is checked against gate_core.cards' runtime schema (an empty one: a model without a card)."""
+        card = check_card(card, where) if card else {}
         cls._check_card(config, card, where)
         featurizer = Featurizer(config.feature_kind, sample_rate)
         period = config.stride_frames * featurizer.period_s
