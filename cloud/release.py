@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gate_core import cards
 from gate_core import release as fmt
 from gate_core.errors import GateError
 
@@ -56,11 +57,16 @@ def keygen(out_dir: str | Path) -> tuple[Path, Path]:
 def build_release(model_bytes: bytes, card: dict, private_key, *, node: str | None = None,
                   version: str | None = None, created_unix: float | None = None) -> bytes:
     """The signed payload for the fleet (``node=None``) or one node. ``private_key``: a key object or
-    the path of a PEM file. ``version`` defaults to the card's ``version`` or the model's hash prefix."""
+    the path of a PEM file. ``version`` defaults to the card's ``version`` or the model's hash prefix. The
+    release carries the card's runtime part (gate_core.cards), checked: what the node validates and runs by."""
     if isinstance(private_key, (str, Path)):
         private_key = fmt.load_private_key(private_key)
     if not model_bytes:
         raise fmt.ReleaseError("the model is empty", code="release_empty")
+    try:
+        card = cards.check_runtime(card, "the release card")
+    except cards.CardError as exc:
+        raise fmt.ReleaseError(exc.args[0], code="release_card") from None
     target = node or fmt.FLEET
     fmt.model_topic("gate", node)  # validates the node level
     if version is None:

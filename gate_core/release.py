@@ -12,7 +12,8 @@ The Ed25519 signature covers ``MAGIC``, the canonical JSON of the scalar fields 
 but model, card and signature), then the exact model bytes and the canonical card bytes, each
 preceded by its length. The canonical card is ``json.dumps(card, sort_keys=True,
 separators=(",", ":"), ensure_ascii=False, allow_nan=False)`` in UTF-8. The node answers on
-``<prefix>/<node>/model/ack`` with an :class:`Ack`.
+``<prefix>/<node>/model/ack`` with an :class:`Ack`. The card is the model's runtime card
+(gate_core/cards.py), which the node checks before it loads the model.
 """
 
 from __future__ import annotations

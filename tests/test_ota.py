@@ -149,6 +149,24 @@ def test_the_agent_refuses_models_that_fail_on_the_node_and_keeps_the_running_on
     assert not [p for p in (tmp_path / "n1").iterdir() if p.suffix == ".tflite"]
 
 
+def test_a_release_carries_the_runtime_card_and_a_bad_card_is_refused_at_both_ends(tmp_path, keys, clips):
+    record = json.loads((ROOT / "gate/models/kws_logmel.eval.json").read_text())
+    key = fmt.load_private_key(keys["priv"])
+    # Signed with the card in one piece: what is released is its runtime part.
+    rel = fmt.decode(build_release(MODEL, {**CARD, **record}, key), keys["public"], node="n1")
+    assert rel.card == CARD and "evaluation" not in rel.card
+    with pytest.raises(fmt.ReleaseError, match="the release card: detector.threshold = 1.5: ") as info:
+        build_release(MODEL, {**CARD, "detector": {"threshold": 1.5}}, key)
+    assert info.value.code == "release_card"
+    # A node refuses a signed release whose card is not a runtime card, and keeps what it runs.
+    a, acks = agent(tmp_path, keys, clips)
+    bad = {**CARD, "window_frames": "100"}
+    a.handle(fmt.encode(MODEL, bad, key, version="bad-card", created_unix=100.0))
+    assert [(k.accepted, k.code) for k in acks] == [(False, "model_card")]
+    assert acks[0].reason == 'release bad-card: window_frames = "100": Input should be a valid integer'
+    assert a.store.active is None and a._ready is None
+
+
 def test_a_release_superseded_before_its_swap_is_answered_and_the_store_spares_other_files(tmp_path, keys, clips):
     a, acks = agent(tmp_path, keys, clips)
     (tmp_path / "n1" / "mine.tflite").write_bytes(b"not ours")
