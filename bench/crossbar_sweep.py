@@ -14,7 +14,7 @@ programming (1 h, 1 day, 1 month, 1 year), with and without global drift compens
 
 The floating-point network (no devices) and the comparator gate are the references. Not part of
 ``make bench`` (it needs the renders and takes minutes); ``--update-card`` writes the summary into
-the model's card.
+the model's evaluation record (.eval.json beside it).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import numpy as np
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gate_core import cards  # noqa: E402
 from sensors.analog.config import CrossbarConfig  # noqa: E402
 from sensors.analog.crossbar_decision import DEFAULT_MODEL, CrossbarNet, delay_rows  # noqa: E402
 from sensors.analog.train_crossbar import (  # noqa: E402
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, required=True)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here (default: stdout)")
-    ap.add_argument("--update-card", action="store_true", help="store the summary in the model's card")
+    ap.add_argument("--update-card", action="store_true", help="store the summary in the model's .eval.json")
     args = ap.parse_args(argv)
     result = sweep(args.cache_dir, args.model)
     text = json.dumps(result, indent=2) + "\n"
@@ -138,10 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text)
     if args.update_card:
-        card_path = args.model.with_suffix(".json")
-        card = json.loads(card_path.read_text())
-        card.setdefault("measured", {})["drift_and_chips"] = result
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
+        record = cards.read_record(args.model)
+        record.setdefault("measured", {})["drift_and_chips"] = result
+        cards.write_model_card(args.model, {**cards.read_runtime(args.model), **record})
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train the crossbar wake classifier and write its network (.npz) and card (.json).
+"""Train the crossbar wake classifier and write its network (.npz), card (.json) and evaluation record (.eval.json).
 
     python -m sensors.analog.train_crossbar --out gate/models/crossbar_gate.npz --cache-dir out/cache/crossbar
 
@@ -22,13 +22,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
+from gate_core import cards
 from gate_core.metrics import wake_windows
 from sensors.analog.config import AnalogConfig, CrossbarConfig
 from sensors.analog.crossbar_decision import CrossbarDecision, CrossbarNet, delay_rows
@@ -300,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "multiplicative_sd": 0.1, "dac_bits": 8},
                                                  "wall_s": round(time.monotonic() - t0, 1)},
             "measured": {}}
-    card_path = args.out.with_suffix(".json")
-    if card_path.is_file():  # keep figures measured on evaluation scenes by bench/crossbar_sweep.py
-        card["measured"] = json.loads(card_path.read_text()).get("measured", {})
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    # Keep figures measured on evaluation scenes by bench/crossbar_sweep.py; the card is split into
+    # the runtime card (.json) and the evaluation record (.eval.json), see gate_core/cards.py.
+    card["measured"] = cards.read_record(args.out).get("measured", {})
+    cards.write_model_card(args.out, card)
     log.info("threshold %.2f: training recall %.3f, duty %.3f; wrote %s (%.0f s)", threshold, at["recall"],
              at["duty"], args.out, time.monotonic() - t0)
     return 0
