@@ -37,7 +37,8 @@ import numpy as np
 from cloud.train.scenes import Scene
 from gate.kws.config import KwsConfig
 from gate.kws.featurize import MEL_KINDS
-from gate.kws.stage import KeywordSpotter, default_model_path, read_card, tuned_threshold
+from gate.kws.interpreter import read_evaluation
+from gate.kws.stage import KeywordSpotter, default_model_path, tuned_threshold
 from gate_core import metrics
 from gate_core.detector import Detector
 from gate_core.errors import GateError
@@ -251,7 +252,7 @@ def runs_with_preroll(intervals: list[tuple[float, float]]) -> list[tuple[float,
 
 def node_energy_mj_per_hour(kind: str, inferences: int, awake_s: float, hours: float) -> dict:
     """KWS compute plus (for log-mel) the ADC path while awake, per audio hour, on the MCU profile above."""
-    macs = read_card(default_model_path(kind)).get("macs", 0)
+    macs = read_evaluation(default_model_path(kind)).get("macs", 0)
     compute = inferences * macs * NJ_PER_MAC * 1e-6
     adc = ADC_MW * awake_s if kind in MEL_KINDS else 0.0  # mel features need the 16 kHz ADC
     return {"kws_compute_mj_per_h": round(compute / hours, 2), "adc_mj_per_h": round(adc / hours, 2),

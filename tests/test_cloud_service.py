@@ -148,8 +148,9 @@ def test_node_segments_are_verified_and_answered_end_to_end(tmp_path, broker, se
         assert set(v.models) == {"verifier", "commands"}
         assert ("commands" in v.scores) == v.accepted  # the command model runs only after the verifier accepts
     # The service applied the shipped models faithfully: same scores as running them here.
-    from cloud.commands import CommandRecognizer
-    from cloud.verifier import Verifier
+    from cloud.commands import DEFAULT_COMMANDS, CommandRecognizer
+    from cloud.verifier import DEFAULT_VERIFIER, Verifier
+    from gate.kws.interpreter import read_evaluation
 
     verifier, commands = Verifier(), CommandRecognizer()
     for v, x in ((wake_v, speech), (noise_v, noise)):
@@ -158,9 +159,9 @@ def test_node_segments_are_verified_and_answered_end_to_end(tmp_path, broker, se
         if accepted:
             assert v.command == commands.recognise(x, detect_s).name
     # And, as far as the shipped models claim to be accurate, they got this clear case right.
-    if verifier.card.get("accuracy_test_float", 0) >= 0.9:
+    if read_evaluation(DEFAULT_VERIFIER)["accuracy_test_float"] >= 0.9:
         assert wake_v.accepted and not noise_v.accepted
-        if commands.card.get("accuracy_test_float", 0) >= 0.9:
+        if read_evaluation(DEFAULT_COMMANDS)["accuracy_test_float"] >= 0.9:
             assert wake_v.command == "lights_on"
     summary_expect = (int(wake_v.accepted) + int(noise_v.accepted), 2 - int(wake_v.accepted) - int(noise_v.accepted))
     rc, summary = svc.stop()
