@@ -172,17 +172,17 @@ class Context:
 
     def verified(self) -> Callable[[int, float], bool]:
         """The cloud verifier's verdict on the fire at (scene index, t), each asked once."""
-        from cloud.train.pipeline import _verdicts
+        from cloud.train.evaluate import verdicts
 
-        return self.once("verdicts", lambda: _verdicts(self.once("verifier", self.verifier_factory), self.scenes))
+        return self.once("verdicts", lambda: verdicts(self.once("verifier", self.verifier_factory), self.scenes))
 
 
     def verified_v2(self) -> Callable[[int, float], bool]:
         """Verifier v2's verdict (the speech-embedding head, also the node's second stage), each asked once."""
-        from cloud.train.pipeline import _verdicts
+        from cloud.train.evaluate import verdicts
         from cloud.verifier import EmbeddingVerifier
 
-        return self.once("verdicts_v2", lambda: _verdicts(self.once("verifier_v2", EmbeddingVerifier), self.scenes))
+        return self.once("verdicts_v2", lambda: verdicts(self.once("verifier_v2", EmbeddingVerifier), self.scenes))
 
 
 EngineFn = Callable[[Context], Run]
@@ -614,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> dict:
     from cloud import crossengine
     from cloud.train.corpus import synthesise
-    from cloud.train.pipeline import build_eval_scenes, cached_renders, eval_plan
+    from cloud.train.data import cached_renders, eval_plan
+    from cloud.train.evaluate import build_eval_scenes
     from cloud.train.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)

@@ -18,7 +18,7 @@ import pytest
 
 from cloud import crossengine as ce
 from cloud.train import corpus
-from cloud.train.pipeline import eval_plan, train_plan
+from cloud.train.data import eval_plan, train_plan
 from cloud.train.recipe import load_recipe
 from sensors.synth import tts
 

@@ -106,6 +106,20 @@ def test_release_only_when_no_worse(tmp_path):
     assert json.loads((tmp_path / "release" / "kws_logmel.json").read_text()) == {"phrase": "x"}
 
 
+def test_on_node_training_energy_is_priced_with_the_pi4_profiles_core_figure(tmp_path):
+    from cloud.federated.fleet import core_watts
+    from gate_core.errors import ProfileError
+
+    # gate/profiles/pi4.yaml: (1.2 - 0.6) A x 5.1 V / 4 cores per busy A72 core.
+    assert core_watts("pi4") == pytest.approx((1.2 - 0.6) * 5.1 / 4)
+    profile = tmp_path / "board.yaml"
+    text = (ROOT / "gate" / "profiles" / "pi4.yaml").read_text()
+    profile.write_text(text.replace("= 0.765 W per busy A72 core", "= 0.9 W per busy A72 core"))
+    assert core_watts(str(profile)) == pytest.approx(0.9)
+    with pytest.raises(ProfileError, match=r"mcu-analog\.yaml: stages\.features_kws\.source: no .* W per busy core"):
+        core_watts("mcu-analog")
+
+
 @pytest.mark.slow
 @pytest.mark.needs_espeak
 @pytest.mark.timeout(300)

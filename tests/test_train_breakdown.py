@@ -45,7 +45,8 @@ def test_command_accuracy_reads_each_detected_phrase_from_its_fire_time():
     import numpy as np
 
     from cloud.commands import CommandResult
-    from cloud.train import pipeline, scenes
+    from cloud.train import evaluate, scenes
+    from gate.segmenter import SegmenterConfig
 
     sr = 16_000
     audio = np.arange(60 * sr, dtype=np.int32) // 16  # each sample says its time in ms
@@ -64,14 +65,37 @@ def test_command_accuracy_reads_each_detected_phrase_from_its_fire_time():
             return CommandResult(name=name, label=name or "_unknown", confidence=0.9)
 
     # quiet home: hits on phrases 0, 1 and 2 (right, wrong, not recognised), a miss on 3, a false accept at 55 s
-    got = pipeline.command_accuracy(Recogniser(), [quiet, office], [[10.6, 21.2, 30.5, 55.0], [1.5]])
+    got = evaluate.command_accuracy(Recogniser(), [evaluate.Matched([10.6, 21.2, 30.5, 55.0], quiet),
+                                                   evaluate.Matched([1.5], office)])
     assert (got["detected_phrases"], got["correct"], got["unrecognised"], got["wrong"]) == (4, 2, 1, 1)
     assert got["scenes"] == {"quiet_home": {"detected_phrases": 3, "correct": 1},
                              "office_babble": {"detected_phrases": 1, "correct": 1}}
     assert got["accuracy"] == 0.5 and got["read_offsets_s"] == [0.0, 0.1]
-    after = pipeline.SegmenterConfig().command_window_s
+    after = SegmenterConfig().command_window_s
     assert [r[0] for r in reads] == [10.6, 21.2, 30.5, 1.5]  # never the false accept
     # the segmenter's pre-roll and phrase before the fire, the command window after; less near the start
-    before = pipeline.SegmenterConfig().before_detection_s
+    before = SegmenterConfig().before_detection_s
     assert all(r[1:] == pytest.approx((before + after, before)) for r in reads[:3])
     assert reads[3][1:] == pytest.approx((1.5 + after, 1.5))
+
+
+def test_one_match_per_detection_set_gives_what_the_metric_functions_give():
+    import numpy as np
+
+    from cloud.train import evaluate, scenes
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        starts = np.sort(rng.uniform(0, 50, 6))
+        spans = [(float(a), float(a + rng.uniform(0.3, 2.0))) for a in starts]  # some windows overlap
+        events = [(str(k), float(a), float(a + 2)) for k, a in zip(rng.choice(["speech", "confusable"], 8),
+                                                                    rng.uniform(0, 60, 8), strict=True)]
+        s = scenes.Scene("quiet_home", np.zeros(60 * 16_000, np.int16), spans, sorted(events, key=lambda e: e[1]),
+                         keyword_voices=[f"v{i % 3}" for i in range(len(spans))])
+        times = [float(t) for t in rng.uniform(0, 60, int(rng.integers(0, 12)))]
+        times += [b + 0.1 for _, b in spans[:2]] * 2  # hits and their duplicates
+        m = evaluate.Matched(times, s)
+        assert m.score() == metrics.span_score(times, s.keywords, s.hours)
+        assert m.by_voice() == metrics.by_voice(times, s.keywords, s.keyword_voices)
+        assert m.false_accept_sources() == metrics.false_accept_sources(times, s.keywords, s.what_at)
+        assert [j for _, j in m.hits()] == [int(j) for j in metrics.span_assign(times, s.keywords) if j >= 0]

@@ -99,10 +99,10 @@ def test_documented_accents_are_valid_and_render_through_the_real_engines():
 
 def _cached(cache, what: str, recipe, make):
     """The render cache as a run uses it: keyed by the plan the recipe (and the voices here) make."""
-    from cloud.train import pipeline
+    from cloud.train import data
 
-    items = pipeline.train_plan(recipe)[0] if what == "train" else pipeline.eval_plan(recipe)
-    return pipeline.cached_renders(cache, what, items, make)
+    items = data.train_plan(recipe)[0] if what == "train" else data.eval_plan(recipe)
+    return data.cached_renders(cache, what, items, make)
 
 
 def test_eval_renders_do_not_depend_on_the_training_corpus(tmp_path):
@@ -122,7 +122,7 @@ def test_eval_renders_do_not_depend_on_the_training_corpus(tmp_path):
 
 
 def test_threshold_tuned_for_the_tiny_model_or_for_the_cascade():
-    from cloud.train import pipeline, scenes
+    from cloud.train import evaluate, scenes
     from gate.kws.config import KwsConfig
 
     t = np.arange(0, 60, 0.03)
@@ -138,11 +138,11 @@ def test_threshold_tuned_for_the_tiny_model_or_for_the_cascade():
             return False, 0.0
 
     # Alone, the node must stay quiet on the false wake: the threshold goes above it.
-    assert pipeline._pick_threshold(cfg, [scene], scored, 0.0) == pytest.approx(0.61)
+    assert evaluate.pick_threshold(cfg, [scene], scored, 0.0) == pytest.approx(0.61)
     # Behind a verifier that catches it, the lowest threshold will do, if the upload is allowed ...
-    assert pipeline._pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 60.0) == pytest.approx(0.30)
+    assert evaluate.pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 60.0) == pytest.approx(0.30)
     # ... and not if the node may upload no false wake at all.
-    assert pipeline._pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 0.0) == pytest.approx(0.61)
+    assert evaluate.pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 0.0) == pytest.approx(0.61)
 
 
 def test_cached_renders_are_not_reused_when_the_installed_voices_change(tmp_path, monkeypatch):
@@ -179,13 +179,13 @@ def test_excluded_voices_are_neither_trained_on_nor_evaluated(monkeypatch):
     with pytest.raises(TTSError, match="nothing left to train on"):
         corpus.split_voices(es, [held.id], exclude=[EN[0].id, gb.id, EN[1].id])
     # The training plan speaks with the voices left; the evaluation plan is unchanged.
-    from cloud.train import pipeline
+    from cloud.train import data
 
     monkeypatch.setattr(corpus, "engines", lambda names: es)
     recipe = load_recipe(RECIPE)
     fewer = recipe.model_copy(update={"corpus": recipe.corpus.model_copy(update={"exclude_voices": [gb.id]})})
-    assert gb.id in {u.voice.id for _, u in pipeline.train_plan(recipe)[0]}
-    assert gb.id not in {u.voice.id for _, u in pipeline.train_plan(fewer)[0]}
-    assert pipeline.eval_plan(fewer) == pipeline.eval_plan(recipe)
+    assert gb.id in {u.voice.id for _, u in data.train_plan(recipe)[0]}
+    assert gb.id not in {u.voice.id for _, u in data.train_plan(fewer)[0]}
+    assert data.eval_plan(fewer) == data.eval_plan(recipe)
     with pytest.raises(ValueError, match="either evaluated or excluded"):
         CorpusSpec(exclude_voices=["pico:en-GB"])

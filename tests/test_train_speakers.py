@@ -67,12 +67,12 @@ def test_rhvoice_cmu_arctic_speakers_are_installed_here_but_never_listed_planned
         with pytest.raises(ValueError, match="CMU ARCTIC"):
             CorpusSpec(eval_voices=[f"rhvoice:{name.upper()}"])
     # A recipe training on every engine: RHVoice speaks, its CMU ARCTIC voices never do.
-    from cloud.train import pipeline
+    from cloud.train import data
 
     recipe = load_recipe(RECIPE)
     c = recipe.corpus.model_copy(update={"engines": ["espeak", "mbrola", "pico", "rhvoice"], "positives": 300,
                                          "confusables": 50, "speech": 100, "command_renders": 50})
-    used = {u.voice for _, u in pipeline.train_plan(recipe.model_copy(update={"corpus": c}))[0]}
+    used = {u.voice for _, u in data.train_plan(recipe.model_copy(update={"corpus": c}))[0]}
     assert {v.name for v in used if v.engine == "rhvoice"} == {"alan", "evgeniy-eng", "lyubov"}
 
 

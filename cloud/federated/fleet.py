@@ -11,13 +11,14 @@ is no worse there. Before/after figures come from each node's held-out scene (sa
 other utterances) at the base model's tuned threshold, with gate.metrics' detection rule.
 
 Speech: espeak-ng, mbrola through it and pico2wave only (the recipe's engines), cached under
-``cache_dir`` (cloud.train.pipeline.cached_renders).
+``cache_dir`` (cloud.train.data.cached_renders).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,19 +27,23 @@ import numpy as np
 
 from cloud.federated import flower
 from cloud.train import corpus, scenes
-from cloud.train.pipeline import _detect, _posteriors, _rng, _segment, cached_renders, verified
+from cloud.train.data import cached_renders
+from cloud.train.evaluate import detect, posteriors, segment, verified
 from cloud.train.recipe import Recipe
+from cloud.train.seeds import step_rng
+from gate.energy import load_profile
 from gate.fedstore import AFTER_OFFSETS_S, fire_windows
 from gate.kws.config import KwsConfig
 from gate.kws.featurize import Featurizer
 from gate.segmenter import SegmenterConfig
 from gate_core import metrics
+from gate_core.errors import ProfileError
 
 log = logging.getLogger(__name__)
 SR = 16_000
 ROOMS = ("quiet_home", "noisy_kitchen", "office_babble")
 BACKGROUND_MAX_POSTERIOR = 0.2  # windows the model already rejects firmly; near-threshold ones wait for a verdict
-PI_CORE_W = 0.765  # W per busy A72 core: the figure gate/profiles/pi4.yaml prices its CPU-bound stages with
+_CORE_W = re.compile(r"= ([0-9]+(?:\.[0-9]+)?) W per busy (?:\S+ )?core")
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,19 @@ class NodeSpec:
     level_jitter_db: float
 
 
+def core_watts(profile: str = "pi4") -> float:
+    """W per busy core, the figure ``profile`` (a shipped profile's name or a YAML path) prices its
+    CPU-bound stages with: its features_kws stage derives it (``... = 0.765 W per busy A72 core``) and
+    its other CPU stages reuse it. The on-node training joules of the report are priced with it."""
+    source = load_profile(profile).stages["features_kws"].source
+    m = _CORE_W.search(source)
+    if m is None:
+        origin = profile if profile.endswith((".yaml", ".yml")) else f"gate/profiles/{profile}.yaml"
+        raise ProfileError(f"{origin}: stages.features_kws.source: no '= <W> W per busy core' figure in "
+                           f"{source[:60]!r}...")
+    return float(m.group(1))
+
+
 def node_specs(n: int, eval_voices: list[str], seed: int) -> list[NodeSpec]:
     """Non-IID nodes: one or two held-out voices each, own rate/pitch band, room and noise jitter."""
     rng = np.random.default_rng([seed, 17])
@@ -101,7 +119,7 @@ def node_renders(recipe: Recipe, specs: list[NodeSpec], sizes: Sizes, cache: Pat
         vs = [by_id[v] for v in s.voices if v in by_id]
         if not vs:
             raise ValueError(f"node {s.index}: none of {s.voices} is installed")
-        part = corpus.plan(recipe.phrase, voices=vs, variants=[], rng=_rng(recipe.seed, f"fed-node{s.index}"),
+        part = corpus.plan(recipe.phrase, voices=vs, variants=[], rng=step_rng(recipe.seed, f"fed-node{s.index}"),
                            n_pos=sizes.positives, n_conf=sizes.confusables, n_speech=sizes.speech,
                            n_cmd=sizes.commands, rate=s.rate, pitch=s.pitch)
         items += part
@@ -119,7 +137,7 @@ def node_renders(recipe: Recipe, specs: list[NodeSpec], sizes: Sizes, cache: Pat
 def dev_renders(recipe: Recipe, sizes: Sizes, cache: Path, workers: int) -> list:
     """Training voices (as the pipeline's dev scenes): the release gate's scenes."""
     _, train_v, variants = _voices_by_id(recipe)
-    items = corpus.plan(recipe.phrase, voices=train_v, variants=variants, rng=_rng(recipe.seed, "fed-dev"),
+    items = corpus.plan(recipe.phrase, voices=train_v, variants=variants, rng=step_rng(recipe.seed, "fed-dev"),
                         n_pos=max(30, sizes.positives), n_conf=max(12, sizes.confusables),
                         n_speech=max(60, sizes.speech), n_cmd=max(10, sizes.commands),
                         rate=recipe.corpus.rate_wpm, pitch=recipe.corpus.pitch)
@@ -147,7 +165,7 @@ def node_scenes(recipe: Recipe, spec: NodeSpec, rs: list, sizes: Sizes) -> tuple
         x, y = _halves(rs, kinds)
         a += x
         b += y
-    rng_c, rng_h = _rng(recipe.seed, f"fed-collect{spec.index}"), _rng(recipe.seed, f"fed-heldout{spec.index}")
+    rng_c, rng_h = step_rng(recipe.seed, f"fed-collect{spec.index}"), step_rng(recipe.seed, f"fed-heldout{spec.index}")
     return (_scene(spec.room, a, sizes.collect_minutes, sizes, rng_c, spec.level_jitter_db),
             _scene(spec.room, b, sizes.heldout_minutes, sizes, rng_h, spec.level_jitter_db))
 
@@ -159,14 +177,14 @@ def collect(root: Path, scene: scenes.Scene, cfg: KwsConfig, verifier, *, seed: 
     store = flower.open_store(root, cfg.model_path)
     fz = Featurizer(cfg.feature_kind)
     frames = store.frames
-    scored = _posteriors(cfg, scene)
-    detections = _detect(cfg, scored)
+    scored = posteriors(cfg, scene)
+    detections = detect(cfg, scored)
     lower = label_threshold is not None and label_threshold < (cfg.threshold or 1.0)
-    fires = _detect(cfg.model_copy(update={"threshold": label_threshold}), scored) if lower else detections
+    fires = detect(cfg.model_copy(update={"threshold": label_threshold}), scored) if lower else detections
     after = SegmenterConfig().command_window_s
     accepted = segment_bytes = 0
     for j, t in enumerate(fires):
-        seg, fire_in = _segment(audio=scene.audio, t=t, after_s=after)
+        seg, fire_in = segment(audio=scene.audio, t=t, after_s=after)
         ok = bool(verified(verifier, scene.audio, t))
         store.hold(f"seg{j}", fire_windows(fz, seg, fire_in, frames, accepted=ok), audio_bytes=seg.size * 2)
         store.hold_after(f"seg{j}", fire_windows(fz, seg, fire_in, frames, offsets_s=AFTER_OFFSETS_S))
@@ -209,11 +227,11 @@ def score_scene(cfg: KwsConfig, scene: scenes.Scene) -> metrics.Score:
 def scene_scores(cfg: KwsConfig, scene: scenes.Scene) -> tuple[metrics.Score, float]:
     """The detection score at ``cfg``'s threshold, and the mean over wake words of the highest posterior
     inside each one's detection window (how sure the model is of the node's own speakers, threshold aside)."""
-    scored = _posteriors(cfg, scene)
+    scored = posteriors(cfg, scene)
     t = np.array([s.t_s for s in scored])
     p = np.array([s.posterior for s in scored])
     peaks = [float(p[(t >= w.lo) & (t <= w.hi)].max(initial=0.0)) for w in metrics.span_windows(scene.keywords)]
-    return (metrics.span_score(_detect(cfg, scored), scene.keywords, scene.hours),
+    return (metrics.span_score(detect(cfg, scored), scene.keywords, scene.hours),
             float(np.mean(peaks)) if peaks else 0.0)
 
 
@@ -279,18 +297,19 @@ def federate(recipe: Recipe, out: Path, *, nodes: int, rounds: int, mu: float = 
     for row, held in zip(report["per_node"], heldout, strict=True):
         row.update(_scored("after", new_cfg, held))
     report["rounds_detail"] = _rounds(result["rounds"])
+    core_w = core_watts("pi4")
     for row in report["per_node"]:
         mine = [m for r in result["rounds"] for m in r if int(m["partition"]) == row["node"]]
         cpu = sum(float(m["cpu-s"]) for m in mine)
         row["update_bytes_per_round"] = int(mine[0]["update-bytes"]) if mine else 0
         row["train_cpu_s"] = round(cpu, 3)
-        row["train_j_pi4"] = round(cpu * PI_CORE_W, 3)
+        row["train_j_pi4"] = round(cpu * core_w, 3)
     report["overall"] = _overall(report["per_node"])
 
     # The release gate: dev scenes of training voices, base against candidate.
     t0 = time.time()
     dev_r = dev_renders(recipe, sizes, cache, workers)
-    dev = [_scene(room, dev_r, sizes.dev_minutes, sizes, _rng(seed, f"fed-dev{room}"), 0.0) for room in ROOMS]
+    dev = [_scene(room, dev_r, sizes.dev_minutes, sizes, step_rng(seed, f"fed-dev{room}"), 0.0) for room in ROOMS]
     b = metrics.combine(score_scene(base_cfg, s) for s in dev)
     n = metrics.combine(score_scene(new_cfg, s) for s in dev)
     passed = no_worse(b, n)

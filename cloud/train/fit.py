@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
 from tqdm import tqdm
+
+from cloud.train import dataset
+from cloud.train.models import build
+
+log = logging.getLogger(__name__)
 
 
 def setup_tf(seed: int, threads: int) -> None:
@@ -67,6 +73,38 @@ def train(model, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int, lr: f
                      validation_data=(x_val, y_val.astype(np.float32) if binary else y_val), verbose=0,
                      callbacks=[_Bar.make(epochs, desc), *(callbacks or [])])
     return {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+
+
+def fit_binary(spec, name: str, dim: int, x_tr, y_tr, x_val, y_val, recipe, mine_streams):
+    """Train a binary model (verifier v1, a tiny model) on clips and stream windows; then add the
+    negatives it gets most wrong on fresh streams and fine-tune (hard-negative mining). Returns the
+    model, its history and the mined windows."""
+    mean, std = stats(x_tr)
+    model = build(spec, dim=dim, n_out=1, mean=mean, std=std, name=name)
+    hist = train(model, x_tr, y_tr, epochs=spec.epochs, batch=spec.batch, lr=spec.lr, seed=recipe.seed,
+                 x_val=x_val, y_val=np.asarray(y_val, np.float32), desc=name)
+    ss = recipe.streams
+    if not mine_streams or ss.mine_epochs == 0 or ss.mine_limit == 0:
+        return model, hist, np.zeros((0, *x_tr.shape[1:]), np.float32)
+    hard = dataset.mine(lambda w: predict(model, w), mine_streams, spec.window_frames, stride=3,
+                        threshold=ss.mine_threshold, limit=ss.mine_limit)
+    log.info("%s: %d hard negatives mined", name, len(hard))
+    if len(hard):
+        hist = train(model, np.concatenate([x_tr, hard]), np.concatenate([y_tr, np.zeros(len(hard), np.float32)]),
+                     epochs=ss.mine_epochs, batch=spec.batch, lr=spec.lr / 3, seed=recipe.seed, x_val=x_val,
+                     y_val=np.asarray(y_val, np.float32), desc=f"{name} +mined")
+    return model, hist, hard
+
+
+def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of windows ``x`` (the models' input normalisation)."""
+    flat = x.reshape(-1, x.shape[-1])
+    return flat.mean(axis=0), flat.std(axis=0) + 1e-3
+
+
+def last(hist: dict) -> dict:
+    """A training history's last value of every metric, for the cards."""
+    return {k: round(v[-1], 4) for k, v in hist.items()}
 
 
 def prune(model, *, sparsity: float, x: np.ndarray, y: np.ndarray, epochs: int, batch: int, lr: float,
