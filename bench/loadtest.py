@@ -78,6 +78,7 @@ class SimNode:
 
 
 def start_fleet(n: int, host: str, port: int, spool_root: Path, window: int) -> list[SimNode]:
+    from gate.transport.config import BrokerLink, Delivery, NodeIdentity
     from gate.transport.mqtt import MqttTransport
     from gate.transport.spool import Spool
 
@@ -95,9 +96,10 @@ def start_fleet(n: int, host: str, port: int, spool_root: Path, window: int) -> 
                     sim.latency[v.segment_id] = now - sim.sent[v.segment_id]
 
         # fsync off: the spool's durability is the fault tests' subject; here it would only measure the disk.
-        sim.transport = MqttTransport(host=host, port=port, node_id=node_id, window=window,
-                                      spool=Spool(spool_root / node_id, max_bytes=64 << 20, fsync=False),
-                                      reconnect_min_s=0.2, reconnect_max_s=2.0, on_verdict=on_verdict)
+        sim.transport = MqttTransport(BrokerLink(host, port, reconnect_min_s=0.2, reconnect_max_s=2.0),
+                                      NodeIdentity(node_id),
+                                      Spool(spool_root / node_id, max_bytes=64 << 20, fsync=False),
+                                      delivery=Delivery(window=window), on_verdict=on_verdict)
         sim.transport.start()
         nodes.append(sim)
     deadline = time.monotonic() + 60

@@ -13,6 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gate.energy import EnergyLedger
 from gate.transport import broker as broker_mod
 from gate.transport.broker import EmbeddedBroker
+from gate.transport.config import BrokerLink, NodeIdentity
 from gate.transport.mqtt import MqttTransport
 from gate.transport.spool import Spool
 from gate_core.netutil import BrokerError, parse_broker_url
@@ -124,8 +125,8 @@ def test_shared_group_and_persistent_session(any_broker):
 def test_python_broker_carries_the_node_transport(tmp_path):
     with EmbeddedBroker(kind="python") as b:
         cloud = Collector(b.host, b.port, ["$share/cloud/gate/+/segments", "gate/+/status"])
-        t = MqttTransport(host=b.host, port=b.port, node_id="n1", spool=Spool(tmp_path, max_bytes=1 << 20),
-                          ledger=EnergyLedger(), reconnect_min_s=0.05, reconnect_max_s=0.5)
+        t = MqttTransport(BrokerLink(b.host, b.port, reconnect_min_s=0.05, reconnect_max_s=0.5), NodeIdentity("n1"),
+                          Spool(tmp_path, max_bytes=1 << 20), ledger=EnergyLedger())
         t.start()
         assert t.wait_connected(5)
         x = (np.sin(np.arange(8000) * 0.1) * 5000).astype(np.int16)

@@ -108,6 +108,7 @@ def _say(text: str, tmp: Path, voice: str = "en-us") -> np.ndarray:
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs the espeak-ng binary")
 def test_node_segments_are_verified_and_answered_end_to_end(tmp_path, broker, service_factory):
+    from gate.transport.config import BrokerLink, NodeIdentity
     from gate.transport.mqtt import MqttTransport
     from gate.transport.spool import Spool
 
@@ -127,9 +128,9 @@ def test_node_segments_are_verified_and_answered_end_to_end(tmp_path, broker, se
     noise = (np.random.default_rng(5).standard_normal(speech.size) * 300).astype(np.int16)
     detect_s = (pre.size + wake.size) / 16_000
 
-    transport = MqttTransport(host=broker.host, port=broker.port, node_id="kitchen",
-                              spool=Spool(tmp_path / "spool", max_bytes=10 << 20, fsync=False),
-                              reconnect_min_s=0.1, reconnect_max_s=1.0, on_verdict=on_verdict)
+    transport = MqttTransport(BrokerLink(broker.host, broker.port, reconnect_min_s=0.1, reconnect_max_s=1.0),
+                              NodeIdentity("kitchen"), Spool(tmp_path / "spool", max_bytes=10 << 20, fsync=False),
+                              on_verdict=on_verdict)
     transport.start()
     try:
         assert transport.wait_connected(10)

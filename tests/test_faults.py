@@ -165,6 +165,7 @@ def test_node_killed_mid_stream_while_connected_nothing_lost_nothing_doubled(tmp
 
 
 def test_cloud_worker_killed_the_restarted_worker_takes_over(tmp_path, broker, cloud_factory):
+    from gate.transport.config import BrokerLink, NodeIdentity
     from gate.transport.mqtt import MqttTransport
     from gate.transport.spool import Spool
 
@@ -176,9 +177,9 @@ def test_cloud_worker_killed_the_restarted_worker_takes_over(tmp_path, broker, c
         with lock:
             verdicts[v.segment_id] = verdicts.get(v.segment_id, 0) + 1
 
-    t = MqttTransport(host=broker.host, port=broker.port, node_id="n1", on_verdict=on_verdict,
-                      spool=Spool(tmp_path / "spool", max_bytes=64 << 20, fsync=False),
-                      reconnect_min_s=0.1, reconnect_max_s=0.5)
+    t = MqttTransport(BrokerLink(broker.host, broker.port, reconnect_min_s=0.1, reconnect_max_s=0.5),
+                      NodeIdentity("n1"), Spool(tmp_path / "spool", max_bytes=64 << 20, fsync=False),
+                      on_verdict=on_verdict)
     t.start()
     made = set()
     try:
@@ -202,6 +203,7 @@ def test_cloud_worker_killed_the_restarted_worker_takes_over(tmp_path, broker, c
 
 
 def test_slow_consumer_memory_stays_bounded_and_nothing_is_lost(tmp_path, broker, cloud_factory):
+    from gate.transport.config import BrokerLink, Delivery, NodeIdentity
     from gate.transport.mqtt import MqttTransport
     from gate.transport.spool import Spool
 
@@ -210,9 +212,9 @@ def test_slow_consumer_memory_stays_bounded_and_nothing_is_lost(tmp_path, broker
                           config=CLOUD_CFG + "  receive_maximum: 4\n")
     worker = cloud.pid_of(0)
     got: set[str] = set()
-    t = MqttTransport(host=broker.host, port=broker.port, node_id="n1", window=window,
-                      on_verdict=lambda v: got.add(v.segment_id),
-                      spool=Spool(tmp_path / "spool", max_bytes=64 << 20, fsync=False))
+    t = MqttTransport(BrokerLink(broker.host, broker.port), NodeIdentity("n1"),
+                      Spool(tmp_path / "spool", max_bytes=64 << 20, fsync=False), delivery=Delivery(window=window),
+                      on_verdict=lambda v: got.add(v.segment_id))
     t.start()
     made, inflight, rss = set(), [], [rss_kb(worker)]
     try:

@@ -18,7 +18,7 @@ from mqtt_helpers import Collector, CountingProxy, free_port, needs_mosquitto
 from gate import __version__
 from gate.energy import RADIO, EnergyLedger, mqtt_publish_b, wire_bytes
 from gate.energy.wire import control_b, mqtt_connect_b, mqtt_subscribe_b
-from gate.transport.config import MqttConfig
+from gate.transport.config import BrokerLink, Delivery, MqttConfig, NodeIdentity
 from gate.transport.mqtt import MqttTransport, TransportError
 from gate.transport.spool import Spool
 from gate_core.wire import (
@@ -52,8 +52,9 @@ def segment(seq: int, boot_id: str, codec: str = "flac") -> tuple[SegmentHeader,
 
 def node(broker, spool_dir: Path, **kw) -> MqttTransport:
     kw.setdefault("ledger", EnergyLedger())
-    return MqttTransport(host=broker.host, port=broker.port, node_id=NODE, spool=Spool(spool_dir, max_bytes=1 << 24),
-                         reconnect_min_s=0.05, reconnect_max_s=0.5, **kw)
+    return MqttTransport(BrokerLink(broker.host, broker.port, reconnect_min_s=0.05, reconnect_max_s=0.5),
+                         NodeIdentity(NODE), Spool(spool_dir, max_bytes=1 << 24),
+                         delivery=Delivery(await_verdict_s=kw.pop("await_verdict_s", None)), **kw)
 
 
 def test_segments_arrive_intact_with_their_times_and_bytes_are_charged(mosquitto, tmp_path):
@@ -98,8 +99,8 @@ def session_b(t: MqttTransport) -> int:
 def test_session_control_bytes_match_the_mqtt_bytes_actually_sent(mosquitto, tmp_path):
     """CONNECT, SUBSCRIBE, PINGREQ and DISCONNECT as counted on the wire by a relay, and as charged."""
     proxy = CountingProxy(mosquitto.port)
-    t = MqttTransport(host=proxy.host, port=proxy.port, node_id=NODE, spool=Spool(tmp_path, max_bytes=1 << 24),
-                      ledger=EnergyLedger(), keepalive_s=1, username="gate-node", password="s3cret")
+    t = MqttTransport(BrokerLink(proxy.host, proxy.port, keepalive_s=1, username="gate-node", password="s3cret"),
+                      NodeIdentity(NODE), Spool(tmp_path, max_bytes=1 << 24), ledger=EnergyLedger())
     t.start()
     assert t.wait_ready(5)
     online = Status(node_id=NODE, state="online", boot_id=t.boot_id, version=__version__).to_json()
@@ -134,8 +135,8 @@ def test_session_control_bytes_match_the_mqtt_bytes_actually_sent(mosquitto, tmp
 
 
 def test_no_keepalives_are_charged_while_the_broker_is_away(tmp_path):
-    t = MqttTransport(host="127.0.0.1", port=free_port(), node_id=NODE, spool=Spool(tmp_path, max_bytes=1 << 20),
-                      ledger=EnergyLedger(), keepalive_s=30)
+    t = MqttTransport(BrokerLink("127.0.0.1", free_port(), keepalive_s=30), NodeIdentity(NODE),
+                      Spool(tmp_path, max_bytes=1 << 20), ledger=EnergyLedger())
     t.start()
     t.keepalive(600.0)
     t.close(timeout=0.5)  # the worker handles events in order: the clock before the stop
@@ -144,7 +145,7 @@ def test_no_keepalives_are_charged_while_the_broker_is_away(tmp_path):
 
 def test_charged_bytes_match_the_mqtt_bytes_actually_sent(mosquitto, tmp_path):
     proxy = CountingProxy(mosquitto.port)
-    t = MqttTransport(host=proxy.host, port=proxy.port, node_id=NODE, spool=Spool(tmp_path, max_bytes=1 << 24),
+    t = MqttTransport(BrokerLink(proxy.host, proxy.port), NodeIdentity(NODE), Spool(tmp_path, max_bytes=1 << 24),
                       ledger=EnergyLedger())
     t.start()
     # SUBACK follows the status PUBACK on the same stream, so the link is quiet after this
@@ -218,11 +219,11 @@ def test_verdicts_and_config_updates_round_trip(mosquitto, tmp_path):
 
 NODE_SCRIPT = """
 import sys, time
-from gate.transport.config import MqttConfig
+from gate.transport.config import BrokerLink, MqttConfig, NodeIdentity
 from gate.transport.mqtt import MqttTransport, TransportError
 from gate.transport.spool import Spool
-t = MqttTransport(host="127.0.0.1", port=int(sys.argv[1]), node_id="kitchen",
-                  spool=Spool(sys.argv[2], max_bytes=1 << 20), keepalive_s=5)
+t = MqttTransport(BrokerLink("127.0.0.1", int(sys.argv[1]), keepalive_s=5), NodeIdentity("kitchen"),
+                  Spool(sys.argv[2], max_bytes=1 << 20))
 t.start()
 assert t.wait_connected(10)
 print(t.boot_id, flush=True)

@@ -29,36 +29,51 @@ simply pending again. ``await_verdict_s=None`` deletes on PUBACK (a broker nobod
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from types import EllipsisType
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from gate import __version__
-from gate.energy import RADIO, EnergyLedger, wire_bytes
-from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OVERHEAD_B, SessionBytes
-from gate.transport.config import MqttConfig, uses_tls
+from gate.energy import EnergyLedger
+from gate.energy.wire import SessionBytes
+from gate.transport.config import (
+    BrokerLink,
+    Delivery,
+    MqttConfig,
+    NodeIdentity,
+    TransportError,
+    check_await_verdict,
+)
+from gate.transport.events import (
+    Acked,
+    AwaitVerdict,
+    Clock,
+    Connected,
+    Disconnected,
+    Event,
+    HeartbeatOut,
+    Received,
+    Send,
+    Spooled,
+    Stop,
+    SubAck,
+    Tick,
+)
+from gate.transport.radio import RadioMeter
+from gate.transport.remote import ConfigHandler, RemoteConfig, first_error
 from gate.transport.spool import Spool, SpoolEntry, SpoolError
-from gate_core.errors import GateError
-from gate_core.netutil import UnreachableLog, parse_broker_url, set_no_delay
-from gate_core.tls import TlsConfig
-from gate_core.wire import ConfigAck, ConfigUpdate, Heartbeat, NodeTopics, Status, Verdict, default_client_id, new_id
+from gate_core.netutil import UnreachableLog, set_no_delay
+from gate_core.wire import Heartbeat, NodeTopics, Status, Verdict, default_client_id, new_id
 
 log = logging.getLogger(__name__)
-
-DEFAULT_WINDOW = 16
-
-
-class TransportError(GateError):
-    code = "transport_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,73 +112,58 @@ class _Awaiting:
 class MqttTransport:
     """Segments out through the spool, verdicts and config updates in, status and heartbeats.
 
+    ``link``: the broker and the connection; ``node``: the topics and client id; ``delivery``: QoS,
+    window, size limit and ``await_verdict_s`` (how long after its PUBACK a segment may wait for its
+    verdict before it is published again; None deletes segments on PUBACK, see the module doc).
+
     ``on_verdict(Verdict)`` and ``on_config(ConfigUpdate) -> ConfigAck`` run on the transport's
     worker thread; keep them short. A config callback that raises is answered as a rejection with
-    the exception's text, and the caller's running config is whatever the callback left it.
-
-    ``await_verdict_s``: how long after its PUBACK a segment may wait for its verdict before it is
-    published again; None deletes segments on PUBACK (see the module doc).
+    the exception's text, and the caller's running config is whatever the callback left it
+    (gate.transport.remote).
     """
 
-    def __init__(self, *, host: str, port: int, node_id: str, spool: Spool,
-                 ledger: EnergyLedger | None = None, topic_prefix: str = "gate", boot_id: str | None = None,
-                 qos: int = 1, keepalive_s: int = 30, username: str | None = None, password: str | None = None,
-                 tls: TlsConfig | None = None, reconnect_min_s: float = 1.0, reconnect_max_s: float = 60.0,
-                 window: int = DEFAULT_WINDOW, client_id: str | None = None, max_payload_bytes: int = 1 << 20,
-                 await_verdict_s: float | None = None,
-                 on_verdict: Callable[[Verdict], None] | None = None,
-                 on_config: Callable[[ConfigUpdate], ConfigAck] | None = None) -> None:
-        if qos not in (1, 2):
-            raise ValueError("segments need QoS >= 1: the spool deletes a segment only on its acknowledgement")
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        _check_await(await_verdict_s)
-        self.topics = NodeTopics(node_id, topic_prefix)
-        self.node_id = node_id
-        self.boot_id = boot_id or new_id()
-        self.host, self.port = host, int(port)
+    def __init__(self, link: BrokerLink, node: NodeIdentity, spool: Spool, *, delivery: Delivery | None = None,
+                 ledger: EnergyLedger | None = None, on_verdict: Callable[[Verdict], None] | None = None,
+                 on_config: ConfigHandler | None = None) -> None:
+        self.link = link
+        self.delivery = delivery = delivery or Delivery()
+        self.topics = NodeTopics(node.node_id, node.topic_prefix)
+        self.node_id = node.node_id
+        self.boot_id = node.boot_id or new_id()
+        self.host, self.port = link.host, link.port
         self.spool = spool
-        self.ledger = ledger
-        self.qos = qos
-        self.keepalive_s = keepalive_s
-        self.window = window
-        self.max_payload_bytes = max_payload_bytes
-        self._await_s = await_verdict_s
+        self.max_payload_bytes = delivery.max_payload_bytes
+        self._await_s = delivery.await_verdict_s
         self.on_verdict = on_verdict
-        self.on_config = on_config
-        self._tls_overhead = TLS_RECORD_OVERHEAD_B if tls is not None and tls.enabled else 0
+        self._remote = RemoteConfig(node.node_id, on_config)
 
         # Stable per node: the broker keeps the persistent session (subscriptions, queued verdicts) under it.
-        self.client_id = client_id or default_client_id(node_id, topic_prefix)
+        self.client_id = node.client_id or default_client_id(node.node_id, node.topic_prefix)
         self._client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                    clean_session=False, protocol=paho.MQTTv311)
         # Room for status and config acks beside the segment window, so paho never queues behind our back.
-        self._client.max_inflight_messages_set(window + 8)
-        self._client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if tls is not None and tls.enabled:
-            self._client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file)
-        self._offline = Status(node_id=node_id, state="offline", boot_id=self.boot_id, version=__version__).to_json()
+        self._client.max_inflight_messages_set(delivery.window + 8)
+        self._client.reconnect_delay_set(min_delay=link.reconnect_min_s, max_delay=link.reconnect_max_s)
+        if link.username is not None:
+            self._client.username_pw_set(link.username, link.password)
+        if link.tls is not None and link.tls_enabled:
+            self._client.tls_set(ca_certs=link.tls.ca_file, certfile=link.tls.cert_file, keyfile=link.tls.key_file)
+        self._offline = Status(node_id=self.node_id, state="offline", boot_id=self.boot_id,
+                               version=__version__).to_json()
         self._client.will_set(self.topics.status, self._offline, qos=1, retain=True)
         self._subscriptions = [(self.topics.verdict, 1), (self.topics.config, 1)]
         self._handlers: dict[str, Callable[[str, bytes], None]] = {}
-        self._username, self._password = username, password
-        # Session control on the radio (gate.energy.wire): CONNECT/CONNACK and SUBSCRIBE/SUBACK at every
-        # connect, a PINGREQ/PINGRESP exchange per keepalive period, DISCONNECT at the end.
-        self._session = SessionBytes.of(client_id=self.client_id, will_topic=self.topics.status,
-                                        will_payload=self._offline, username=username, password=password,
-                                        subscribe=[t for t, _ in self._subscriptions],
-                                        tls_record_overhead=self._tls_overhead, keepalive_s=keepalive_s)
+        self._radio = RadioMeter(ledger, qos=delivery.qos, tls_overhead=link.tls_record_overhead,
+                                 session=self._session_bytes())
         self._client.on_connect = self._paho_connect
         self._client.on_disconnect = self._paho_disconnect
         self._client.on_publish = self._paho_publish
         self._client.on_message = self._paho_message
         self._client.on_subscribe = self._paho_subscribe
         self._client.on_connect_fail = self._paho_connect_fail
-        self._unreachable = UnreachableLog(log, f"{host}:{port}")
+        self._unreachable = UnreachableLog(log, f"{link.host}:{link.port}")
 
-        self._events: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -183,30 +183,34 @@ class MqttTransport:
 
     @classmethod
     def from_config(cls, cfg: MqttConfig, *, host: str | None = None, port: int | None = None,
-                    ledger: EnergyLedger | None = None, spool: Spool | None = None, **kw) -> MqttTransport:
-        """``host``/``port`` default to ``cfg.broker``; pass them for an embedded broker (broker_endpoint)."""
-        if host is None or port is None:
-            if cfg.broker == "embedded":
-                raise TransportError("mqtt.broker is 'embedded': start it (broker_endpoint) and pass host and port",
-                                     code="transport_state")
-            url = parse_broker_url(cfg.broker)
-            host, port = url.host, url.port
-        password = None
-        if cfg.password_file:
-            try:
-                password = Path(cfg.password_file).expanduser().read_text().rstrip("\r\n")
-            except OSError as exc:
-                raise TransportError(f"mqtt.password_file: cannot read {cfg.password_file} ({exc})",
-                                     code="mqtt_password_file") from None
-        tls = cfg.tls
-        if uses_tls(cfg) and not tls.enabled:
-            tls = tls.model_copy(update={"enabled": True})
-        return cls(host=host, port=port, node_id=cfg.node_id, topic_prefix=cfg.topic_prefix,
-                   spool=spool or Spool.from_config(cfg), ledger=ledger, qos=max(cfg.qos, 1),
-                   keepalive_s=cfg.keepalive_s, username=cfg.username, password=password, tls=tls,
-                   reconnect_min_s=cfg.reconnect_min_s, reconnect_max_s=cfg.reconnect_max_s,
-                   max_payload_bytes=cfg.max_payload_kb * 1024,
-                   **{"await_verdict_s": cfg.await_verdict_s, **kw})
+                    ledger: EnergyLedger | None = None, spool: Spool | None = None, boot_id: str | None = None,
+                    on_verdict: Callable[[Verdict], None] | None = None, on_config: ConfigHandler | None = None,
+                    await_verdict_s: float | None | EllipsisType = ...) -> MqttTransport:
+        """``host``/``port`` default to ``cfg.broker``; pass them for an embedded broker (broker_endpoint).
+        ``await_verdict_s`` defaults (``...``) to ``cfg.await_verdict_s``."""
+        delivery = Delivery.of(cfg)
+        if await_verdict_s is not ...:
+            delivery = replace(delivery, await_verdict_s=await_verdict_s)
+        node = NodeIdentity(cfg.node_id, cfg.topic_prefix, boot_id=boot_id)
+        return cls(BrokerLink.of(cfg, host=host, port=port), node, spool or Spool.from_config(cfg), delivery=delivery,
+                   ledger=ledger, on_verdict=on_verdict, on_config=on_config)
+
+    @property
+    def ledger(self) -> EnergyLedger | None:
+        """Where the link's radio bytes and wakes are charged (gate.transport.radio)."""
+        return self._radio.ledger
+
+    @property
+    def _tls_overhead(self) -> int:
+        return self._radio.tls_overhead
+
+    def _session_bytes(self) -> SessionBytes:
+        # Session control on the radio (gate.energy.wire): CONNECT/CONNACK and SUBSCRIBE/SUBACK at every
+        # connect, a PINGREQ/PINGRESP exchange per keepalive period, DISCONNECT at the end.
+        return SessionBytes.of(client_id=self.client_id, will_topic=self.topics.status, will_payload=self._offline,
+                               username=self.link.username, password=self.link.password,
+                               subscribe=[t for t, _ in self._subscriptions],
+                               tls_record_overhead=self.link.tls_record_overhead, keepalive_s=self.link.keepalive_s)
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -216,7 +220,7 @@ class MqttTransport:
             raise TransportError("transport already started", code="transport_state")
         self._worker = threading.Thread(target=self._run, name=f"gate-mqtt-{self.node_id}", daemon=True)
         self._worker.start()
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
+        self._client.connect_async(self.host, self.port, keepalive=self.link.keepalive_s)
         self._client.loop_start()
 
     def add_subscription(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
@@ -226,14 +230,11 @@ class MqttTransport:
             raise TransportError("add_subscription after start", code="transport_state")
         self._subscriptions.append((topic, 1))
         self._handlers[topic] = handler
-        self._session = SessionBytes.of(client_id=self.client_id, will_topic=self.topics.status,
-                                        will_payload=self._offline, username=self._username, password=self._password,
-                                        subscribe=[t for t, _ in self._subscriptions],
-                                        tls_record_overhead=self._tls_overhead, keepalive_s=self.keepalive_s)
+        self._radio.session = self._session_bytes()
 
     def publish_message(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
         """Publish ``payload`` on ``topic`` from the worker thread (not spooled; paho holds QoS 1 until it is sent)."""
-        self._events.put(("send", topic, payload, qos))
+        self._events.put(Send(topic, payload, qos))
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -253,8 +254,8 @@ class MqttTransport:
     def set_await_verdict(self, seconds: float | None) -> None:
         """Change ``await_verdict_s`` (e.g. off when nobody will answer). Turning it off settles the
         segments already awaiting a verdict as if answered: the broker has acknowledged them."""
-        _check_await(seconds)
-        self._events.put(("await", seconds))
+        check_await_verdict(seconds)
+        self._events.put(AwaitVerdict(seconds))
 
     def publish_segment(self, payload: bytes, *, segment_id: str) -> SpoolEntry | None:
         """Spool ``payload`` durably, then send it when the window and the broker allow.
@@ -273,7 +274,7 @@ class MqttTransport:
             log.error("segment %s lost: the spool cannot hold it (%s: %s); %d lost so far",
                       segment_id, exc.code, exc, self._n["lost"])
             return None
-        self._events.put(("spooled",))
+        self._events.put(Spooled())
         return entry
 
     def keepalive(self, elapsed_audio_s: float) -> None:
@@ -281,11 +282,11 @@ class MqttTransport:
         exchange per ``keepalive_s`` of audio spent connected (see SessionBytes). Counted on the audio
         clock, so a replay at any speed charges what a node in real time would; paho's own pings, on
         the wall clock, are not counted again."""
-        self._events.put(("clock", float(elapsed_audio_s)))
+        self._events.put(Clock(float(elapsed_audio_s)))
 
     def publish_heartbeat(self, heartbeat: Heartbeat) -> None:
         """Best effort (QoS 0, never spooled): only the latest heartbeat matters."""
-        self._events.put(("heartbeat", heartbeat.to_json()))
+        self._events.put(HeartbeatOut(heartbeat.to_json()))
 
     def flush(self, timeout: float) -> bool:
         """Wait until the broker has acknowledged (PUBACK) every spooled segment; False on timeout.
@@ -328,7 +329,7 @@ class MqttTransport:
                 log.warning("close: %d segment(s) acknowledged by the broker but not answered after %.1f s; "
                             "they are published again at the next start", len(self.spool), timeout)
         done = threading.Event()
-        self._events.put(("stop", done))
+        self._events.put(Stop(done))
         done.wait(timeout)
         self._worker.join(timeout)
         self._client.disconnect()
@@ -340,7 +341,8 @@ class MqttTransport:
         s = self.spool.stats()
         return TransportStats(connected=self.connected, pending=s.pending, pending_bytes=s.pending_bytes,
                               inflight=len(self._inflight), awaiting=len(self._awaiting_seqs), dropped=s.dropped,
-                              quarantined=s.quarantined, **self._n)
+                              quarantined=s.quarantined,
+                              **dict(self._n, rejected_in=self._n["rejected_in"] + self._remote.malformed))
 
     def __enter__(self) -> MqttTransport:
         self.start()
@@ -357,7 +359,7 @@ class MqttTransport:
             return
         set_no_delay(client.socket())
         self._unreachable.reached()
-        self._events.put(("connected", bool(flags.session_present)))
+        self._events.put(Connected(bool(flags.session_present)))
 
     def _paho_connect_fail(self, client, userdata) -> None:
         self._unreachable.failed(f"no connection ({len(self.spool)} segment(s) spooled)")
@@ -365,16 +367,16 @@ class MqttTransport:
     def _paho_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         self._subscribed.clear()
-        self._events.put(("disconnected", str(reason_code)))
+        self._events.put(Disconnected(str(reason_code)))
 
     def _paho_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self._events.put(("acked", mid))
+        self._events.put(Acked(mid))
 
     def _paho_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self._events.put(("suback", mid, [str(rc) for rc in reason_codes if rc.is_failure]))
+        self._events.put(SubAck(mid, tuple(str(rc) for rc in reason_codes if rc.is_failure)))
 
     def _paho_message(self, client, userdata, message) -> None:
-        self._events.put(("message", message.topic, bytes(message.payload), message.qos))
+        self._events.put(Received(message.topic, bytes(message.payload), message.qos))
 
     # -- worker ---------------------------------------------------------------------------------
 
@@ -384,28 +386,53 @@ class MqttTransport:
                 # With verdicts awaited, wake now and then to republish the overdue ones.
                 event = self._events.get(timeout=None if self._await_s is None else min(1.0, self._await_s / 4))
             except queue.Empty:
-                event = ("tick",)
-            if event[0] == "stop":
+                event = Tick()
+            if isinstance(event, Stop):
                 self._say_offline()
-                event[1].set()
+                event.done.set()
                 return
             try:
-                getattr(self, f"_on_{event[0]}")(*event[1:])
+                self._handle(event)
             except Exception:  # the worker must outlive any single bad event
-                log.exception("mqtt worker: %s event failed", event[0])
+                log.exception("mqtt worker: %s event failed", type(event).__name__)
             seqs = frozenset(a.entry.seq for a in self._awaiting.values())
             if seqs != self._awaiting_seqs:
                 self._awaiting_seqs = seqs
             with self._changed:
                 self._changed.notify_all()
 
-    def _on_connected(self, session_present: bool) -> None:
+    def _handle(self, event: Event) -> None:
+        match event:
+            case Connected():
+                self._on_connected(event)
+            case Disconnected():
+                self._on_disconnected(event)
+            case SubAck():
+                self._on_suback(event)
+            case Acked():
+                self._on_acked(event)
+            case Received():
+                self._on_received(event)
+            case Spooled() | Tick():
+                self._drain()
+            case Clock():
+                self._on_clock(event)
+            case AwaitVerdict():
+                self._on_await(event)
+            case HeartbeatOut():
+                self._on_heartbeat(event)
+            case Send():
+                self._send(event.topic, event.payload, qos=event.qos)
+            case _:  # Stop is the loop's own (see _run)
+                raise TypeError(f"mqtt worker: no handler for {event!r}")
+
+    def _on_connected(self, event: Connected) -> None:
         self._n["connects"] += 1
         log.info("connected to %s:%d (session present: %s, %d in flight, %d spooled)",
-                 self.host, self.port, session_present, len(self._inflight), len(self.spool))
+                 self.host, self.port, event.session_present, len(self._inflight), len(self.spool))
         # paho resends what was in flight, with DUP set: that traffic goes on the ledger too.
         for f in self._inflight.values():
-            self._charge(self._publish_only_b(f.entry.nbytes, f.topic_len))
+            self._radio.resent(f.entry.nbytes, f.topic_len)
         self._n["resent"] += len(self._inflight)
         self._hold_until_resent = bool(self._inflight)
         online = Status(node_id=self.node_id, state="online", boot_id=self.boot_id, version=__version__).to_json()
@@ -413,54 +440,46 @@ class MqttTransport:
         # Persistent session: the broker may still hold these, but after a broker restart without
         # persistence it does not, and a repeated SUBSCRIBE is harmless.
         _, self._sub_mid = self._client.subscribe(self._subscriptions)
-        self._charge(self._session.connect)
+        self._radio.connected()
         self._connected.set()
         self._drain()
 
-    def _on_disconnected(self, reason: str) -> None:
+    def _on_disconnected(self, event: Disconnected) -> None:
         # Cleared here as well: a "connected" event queued before this one has just set them again.
         self._connected.clear()
         self._subscribed.clear()
-        log.warning("disconnected from %s:%d (%s); %d in flight, %d spooled", self.host, self.port, reason,
+        log.warning("disconnected from %s:%d (%s); %d in flight, %d spooled", self.host, self.port, event.reason,
                     len(self._inflight), len(self.spool))
 
-    def _on_suback(self, mid: int, failures: list[str]) -> None:
-        if mid != self._sub_mid:
+    def _on_suback(self, event: SubAck) -> None:
+        if event.mid != self._sub_mid:
             return
-        if failures:
+        if event.failures:
             log.error("broker refused the verdict/config subscriptions (%s): no verdicts will arrive",
-                      ", ".join(failures))
+                      ", ".join(event.failures))
             return
         self._subscribed.set()
 
-    def _on_clock(self, elapsed_s: float) -> None:
+    def _on_clock(self, event: Clock) -> None:
         if not self.connected:
             return  # no pings while the broker is away
-        n, nbytes = self._session.keepalives(elapsed_s)
-        self._n["keepalives"] += n
-        self._charge(nbytes)
+        self._n["keepalives"] += self._radio.keepalives(event.elapsed_s)
 
-    def _on_spooled(self) -> None:
-        self._drain()
-
-    def _on_tick(self) -> None:
-        self._drain()
-
-    def _on_await(self, seconds: float | None) -> None:
-        self._await_s = seconds
-        if seconds is None:
+    def _on_await(self, event: AwaitVerdict) -> None:
+        self._await_s = event.seconds
+        if event.seconds is None:
             for a in self._awaiting.values():
                 self.spool.ack(a.entry.seq)
             self._awaiting.clear()
 
-    def _on_acked(self, mid: int) -> None:
-        f = self._inflight.pop(mid, None)
+    def _on_acked(self, event: Acked) -> None:
+        f = self._inflight.pop(event.mid, None)
         if f is None:
             return  # status or config ack: charged when sent
         if not f.republish:
             self._n["delivered"] += 1
         # A republish goes out on a link that is already up: its bytes, but no extra wake.
-        self._charge(self._wire_b(f.entry.nbytes, f.topic_len, self.qos), wakes=0 if f.republish else 1)
+        self._radio.delivered(f.entry.nbytes, f.topic_len, republish=f.republish)
         if f.entry.seq in self._answered:
             self._answered.discard(f.entry.seq)  # answered while in flight: already out of the spool
         elif self._await_s is None:
@@ -473,28 +492,26 @@ class MqttTransport:
             self._hold_until_resent = False
         self._drain()
 
-    def _on_heartbeat(self, payload: bytes) -> None:
+    def _on_heartbeat(self, event: HeartbeatOut) -> None:
         if not self.connected:
             self._n["heartbeats_skipped"] += 1
             return
-        self._send(self.topics.heartbeat, payload, qos=0)
+        self._send(self.topics.heartbeat, event.payload, qos=0)
 
-    def _on_message(self, topic: str, payload: bytes, qos: int) -> None:
-        self._charge(self._wire_b(len(payload), len(topic.encode()), qos))
+    def _on_received(self, event: Received) -> None:
+        topic, payload = event.topic, event.payload
+        self._radio.message(len(payload), topic, event.qos)
         if topic == self.topics.verdict:
             self._handle_verdict(payload)
         elif topic == self.topics.config:
-            self._handle_config(payload)
+            self._send(self.topics.config_ack, self._remote.answer(payload).to_json(), qos=1)
         elif topic in self._handlers:
             self._handlers[topic](topic, payload)
-
-    def _on_send(self, topic: str, payload: bytes, qos: int) -> None:
-        self._send(topic, payload, qos=qos)
 
     def _drain(self) -> None:
         if not self.connected or self._hold_until_resent:
             return
-        room = self.window - len(self._inflight)
+        room = self.delivery.window - len(self._inflight)
         if room <= 0:
             return
         # Overdue segments first: they are older than anything not yet sent.
@@ -548,7 +565,7 @@ class MqttTransport:
         if payload is None:
             return None
         topic = self.topics.segments
-        info = self._client.publish(topic, payload, qos=self.qos)
+        info = self._client.publish(topic, payload, qos=self.delivery.qos)
         # NO_CONN: paho keeps a QoS>0 message and sends it on reconnect, so it is in flight all the same.
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             log.warning("publish of segment %s refused by the client (rc %s); retried later", entry.key, info.rc)
@@ -577,7 +594,7 @@ class MqttTransport:
             verdict = Verdict.model_validate_json(payload)
         except ValidationError as exc:
             self._n["rejected_in"] += 1
-            log.warning("ignored a malformed verdict: %s", _first_error(exc))
+            log.warning("ignored a malformed verdict: %s", first_error(exc))
             return
         if verdict.node_id != self.node_id:
             self._n["rejected_in"] += 1
@@ -593,31 +610,12 @@ class MqttTransport:
             except Exception:
                 log.exception("on_verdict callback failed for segment %s", verdict.segment_id)
 
-    def _handle_config(self, payload: bytes) -> None:
-        try:
-            update = ConfigUpdate.model_validate_json(payload)
-        except ValidationError as exc:
-            self._n["rejected_in"] += 1
-            ack = ConfigAck(request_id=_request_id(payload), node_id=self.node_id, accepted=False,
-                            reason=f"malformed update: {_first_error(exc)}")
-        else:
-            if self.on_config is None:
-                ack = ConfigAck(request_id=update.request_id, node_id=self.node_id, accepted=False,
-                                reason="remote configuration is disabled on this node")
-            else:
-                try:
-                    ack = self.on_config(update)
-                except Exception as exc:
-                    ack = ConfigAck(request_id=update.request_id, node_id=self.node_id, accepted=False,
-                                    reason=str(exc)[:1000] or type(exc).__name__)
-        self._send(self.topics.config_ack, ack.to_json(), qos=1)
-
     def _say_offline(self) -> None:
         if not self.connected:
             return
         # A clean DISCONNECT suppresses the will, so the retained status is set by hand.
         info = self._send(self.topics.status, self._offline, qos=1, retain=True)
-        self._charge(self._session.disconnect)  # sent by close()
+        self._radio.disconnected()  # sent by close()
         try:
             info.wait_for_publish(timeout=2.0)
         except (RuntimeError, ValueError):
@@ -625,41 +623,5 @@ class MqttTransport:
 
     def _send(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> paho.MQTTMessageInfo:
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        self._charge(self._wire_b(len(payload), len(topic.encode()), qos))
+        self._radio.message(len(payload), topic, qos)
         return info
-
-    # -- bytes on the wire --------------------------------------------------------------------
-
-    def _wire_b(self, nbytes: int, topic_len: int, qos: int) -> int:
-        return wire_bytes(nbytes, topic_len=topic_len, qos=qos, tls_record_overhead=self._tls_overhead)
-
-    def _publish_only_b(self, nbytes: int, topic_len: int) -> int:
-        ack = MQTT_ACK_PACKET_B + TCP_IPV4_HEADER_B + self._tls_overhead
-        return self._wire_b(nbytes, topic_len, self.qos) - ack
-
-    def _charge(self, nbytes: int, *, wakes: int = 0) -> None:
-        # A radio invocation is a wake (priced with the profile's wake_j): one per delivered segment.
-        # Status, heartbeats, verdicts, resends and session control ride on a link that is already up:
-        # bytes only.
-        if self.ledger is not None and (nbytes or wakes):
-            self.ledger.charge(RADIO, invocations=wakes, nbytes=nbytes)
-
-
-def _check_await(seconds: float | None) -> None:
-    if seconds is not None and not seconds > 0:
-        raise ValueError(f"await_verdict_s must be positive or None, got {seconds}")
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
-
-
-def _request_id(payload: bytes) -> str | None:
-    try:
-        rid = json.loads(payload).get("request_id")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return rid if isinstance(rid, str) and 0 < len(rid) <= 64 else None
