@@ -56,6 +56,21 @@ def test_small_training_run_beats_chance_and_writes_a_card(tmp_path):
     for f in ("tiny_logmel.tflite", "verifier.tflite", "commands.tflite", "tiny_logmel.json", "verifier.json",
               "commands.json", "verifier_v2.tflite", "verifier_v2.json", "tiny_logmel_distilled.tflite"):
         assert (out / f).is_file(), f
+    # Split as gate_core.cards.write_cards writes them, every model's runtime card and record validate,
+    # and shipping the run installs each model with both.
+    from cloud.train.ship import ship
+    from gate.kws.interpreter import read_card, read_evaluation
+    from gate_core import cards
+
+    (tmp_path / "split").mkdir()
+    cards.write_cards(tmp_path / "split", card)
+    for name in card["models"]:
+        assert cards.read_runtime(tmp_path / "split" / f"{name}.tflite")["model"] == name
+        assert cards.read_record(tmp_path / "split" / f"{name}.tflite")["model"] == name
+    shipped = ship(out, tmp_path / "gate_models", tmp_path / "cloud_models")
+    assert {"verifier", "commands", "verifier_v2"} <= set(shipped)
+    for path in shipped.values():
+        assert read_card(path)["phrase"] == "hey jarvis" and read_evaluation(path)["training"]["cpu_s"] > 0
     # Stream windows (scene-like audio spoken by training voices) and mined hard negatives were used.
     assert tiny["stream_windows"] > 300 and tiny["stream_positives"] > 0, tiny
     assert card["data"]["streams"]["keywords"] > 0
