@@ -4,11 +4,12 @@ Protocol: MQTT 3.1.1. The ledger's byte arithmetic (gate.energy.wire) is exact f
 the pure-Python fallback broker speaks only 3.1.1, and mosquitto honours ``$share/`` groups for
 3.1.1 subscribers too, so v5 would add property bytes to every packet and buy nothing we use.
 
-Threads: paho's network loop only turns its callbacks into events on a queue; one worker thread
-owns all state (the in-flight window, the ledger charges, the user's callbacks) and makes every
-``publish`` call. paho runs callbacks while holding its own message lock, so a publish from a
-second thread under a lock of ours could deadlock against it; with one worker that never happens,
-and a PUBACK can never be processed before the worker has recorded the message id it answers.
+Threads: paho's network loop only turns its callbacks into events (gate.transport.events) on a
+queue; one worker thread owns all state (the in-flight window, the ledger charges, the user's
+callbacks) and makes every ``publish`` call. paho runs callbacks while holding its own message
+lock, so a publish from a second thread under a lock of ours could deadlock against it; with one
+worker that never happens, and a PUBACK can never be processed before the worker has recorded the
+message id it answers.
 
 Segments: every one is written to the :class:`Spool` first. The worker keeps at most ``window`` of
 them in flight (oldest first). After a reconnect paho resends what was in flight (DUP), and new
