@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cloud.train.corpus import Render, random_sentence
+from cloud.train.corpus import SpeechRender, load_renders, random_sentence
 from cloud.train.scenes import Scene
 from gate_core import metrics
 from gate_core.errors import GateError
@@ -64,7 +64,7 @@ class CrossEngineError(GateError):
 
 @dataclass(frozen=True, slots=True)
 class FliteUtterance:
-    kind: str       # positive | confusable | speech | command:<name>
+    label: str      # the render's kind, or command:<name> (SpeechRender.label)
     text: str
     voice: str      # a flite voice name (VOICES)
     stretch: float  # flite duration_stretch
@@ -96,8 +96,8 @@ def plan(phrase: str, *, seed: int, n_pos: int = 200, n_conf: int = 100, n_speec
     near = near_misses(phrase)
     cmds = [(c.name, p) for c in COMMANDS for p in c.phrases]
 
-    def utt(kind: str, text: str) -> FliteUtterance:
-        return FliteUtterance(kind, text, voices[int(rng.integers(len(voices)))],
+    def utt(label: str, text: str) -> FliteUtterance:
+        return FliteUtterance(label, text, voices[int(rng.integers(len(voices)))],
                               float(stretches[int(rng.integers(len(stretches)))]))
 
     out = [utt("positive", phrase) for _ in range(n_pos)]
@@ -139,24 +139,25 @@ def render(u: FliteUtterance) -> np.ndarray:
     return trim_silence(resample(x.mean(axis=1), int(sr), SR))
 
 
-def synthesise(items: Sequence[FliteUtterance], *, workers: int = 2) -> list[Render]:
+def synthesise(items: Sequence[FliteUtterance], *, workers: int = 2) -> list[SpeechRender]:
     """Every item rendered, in order (renders under 50 ms are dropped)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         audio = list(pool.map(render, items))
-    return [Render(u.text, u.voice_id, u.kind, a) for u, a in zip(items, audio, strict=True) if a.size > 800]
+    return [SpeechRender.of_label(u.text, u.voice_id, u.label, a) for u, a in zip(items, audio, strict=True)
+            if a.size > 800]
 
 
-def cached_renders(cache_dir: Path | None, items: Sequence[FliteUtterance], *, workers: int = 2) -> list[Render]:
+def cached_renders(cache_dir: Path | None, items: Sequence[FliteUtterance], *, workers: int = 2) -> list[SpeechRender]:
     """``synthesise``, kept in ``cache_dir`` keyed by the plan and the flite version, so that a rerun of
     the same plan reads the renders back and anything that changes what would be said renders anew."""
     if cache_dir is None:
         return synthesise(items, workers=workers)
-    key_src = [flite_version()] + [[u.kind, u.text, u.voice, u.stretch] for u in items]
+    key_src = [flite_version()] + [[u.label, u.text, u.voice, u.stretch] for u in items]
     key = hashlib.sha256(json.dumps(key_src).encode()).hexdigest()[:16]
     path = cache_dir / f"renders-crossengine-{key}.pkl"
     if path.is_file():
         with path.open("rb") as f:
-            return pickle.load(f)
+            return load_renders(f)
     renders = synthesise(items, workers=workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -247,7 +248,7 @@ def _speech_rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(e[e >= e.max() * 1e-3])))
 
 
-def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders: Sequence[Render],
+def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders: Sequence[SpeechRender],
                 human: Sequence[np.ndarray], keywords_per_hour: float = 60.0,
                 confusables_per_hour: float = 20.0) -> Scene:
     """A long labelled scene of ``renders`` (flite) and ``human`` speech over a ``kind`` background.
@@ -256,7 +257,7 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
     is followed by a command 0.2-0.6 s after it, at the phrase's gain. Other talk (flite sentences and
     the human prompts, half each) fills the rest, about a third of the time (half in ``talk`` scenes)."""
     positives = [r for r in renders if r.kind == "positive"]
-    commands = [r for r in renders if r.kind.startswith("command:")]
+    commands = [r for r in renders if r.kind == "command"]
     near = [r for r in renders if r.kind == "confusable"]
     speech = [r.audio for r in renders if r.kind == "speech"]
     if not positives or not commands or not speech:
@@ -298,7 +299,7 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
         voices.append(kw.voice_id)
         snrs.append(round(float(snr), 2))
         cmd = commands[int(rng.integers(len(commands)))]
-        said.append(cmd.kind.removeprefix("command:"))
+        said.append(cmd.command)
         at = b + int(rng.uniform(0.2, 0.6) * SR)
         if at < n:
             c = cmd.audio[: n - at] * gain

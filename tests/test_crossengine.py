@@ -29,11 +29,11 @@ def test_the_plan_is_drawn_from_the_seed_over_the_five_voices():
     big = ce.plan("hey jarvis", seed=1)
     assert {u.voice for u in big} == set(ce.VOICES) and "awb_time" not in {u.voice for u in big}
     assert {u.stretch for u in big} == set(ce.STRETCHES)
-    assert {u.kind for u in big if not u.kind.startswith("command:")} == {"positive", "confusable", "speech"}
-    assert all(u.text == "hey jarvis" for u in big if u.kind == "positive")
-    assert "hey jarvis" not in {u.text for u in big if u.kind == "confusable"}
+    assert {u.label for u in big if not u.label.startswith("command:")} == {"positive", "confusable", "speech"}
+    assert all(u.text == "hey jarvis" for u in big if u.label == "positive")
+    assert "hey jarvis" not in {u.text for u in big if u.label == "confusable"}
     names = {c.name for c in COMMANDS}
-    assert {u.kind.removeprefix("command:") for u in big if u.kind.startswith("command:")} <= names
+    assert {u.label.removeprefix("command:") for u in big if u.label.startswith("command:")} <= names
 
 
 def test_flite_renders_are_deterministic_16k_float32_and_trimmed(renders):

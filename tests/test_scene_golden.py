@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from cloud.train import dataset, scenes
-from cloud.train.corpus import Render
+from cloud.train.corpus import SpeechRender
 from cloud.train.recipe import AugmentSpec
 from sensors import scenario
 from sensors.synth import augment, confusables, noise, rooms, tts
@@ -50,15 +50,15 @@ def _voiced(rng: np.random.Generator, seconds: float) -> np.ndarray:
     return (0.5 * x / np.max(np.abs(x))).astype(np.float32)
 
 
-def _renders(kind: str, count: int, seed: int, seconds: tuple[float, float]) -> list[Render]:
+def _renders(kind: str, count: int, seed: int, seconds: tuple[float, float]) -> list[SpeechRender]:
     rng = np.random.default_rng(seed)
-    return [Render(f"{kind} {i}", f"stub:voice{i % 3}", kind, _voiced(rng, rng.uniform(*seconds)))
+    return [SpeechRender(f"{kind} {i}", f"stub:voice{i % 3}", kind, _voiced(rng, rng.uniform(*seconds)))
             for i in range(count)]
 
 
 POSITIVES = _renders("positive", 6, 1, (0.7, 1.0))
 OTHERS = _renders("speech", 10, 2, (1.0, 3.0))
-COMMANDS = [Render(r.text, r.voice_id, f"command:{name}", r.audio)
+COMMANDS = [SpeechRender(r.text, r.voice_id, "command", r.audio, name)
             for r, name in zip(_renders("c", 4, 3, (0.4, 0.8)), ("lights_on", "lights_off", "stop", "up"),
                                strict=True)]
 CONFUSABLES = _renders("confusable", 5, 4, (0.6, 1.0))

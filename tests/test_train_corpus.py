@@ -189,3 +189,66 @@ def test_excluded_voices_are_neither_trained_on_nor_evaluated(monkeypatch):
     assert data.eval_plan(fewer) == data.eval_plan(recipe)
     with pytest.raises(ValueError, match="either evaluated or excluded"):
         CorpusSpec(exclude_voices=["pico:en-GB"])
+
+
+def _old_layout_pickle(monkeypatch) -> bytes:
+    """A render cache as runs wrote it before SpeechRender: ``cloud.train.corpus.Render`` objects (frozen,
+    slotted, four fields) whose kind says ``command:<name>`` for a command."""
+    import pickle
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True, slots=True)
+    class Render:
+        text: str
+        voice_id: str
+        kind: str
+        audio: np.ndarray
+
+    Render.__module__, Render.__qualname__ = "cloud.train.corpus", "Render"
+    with monkeypatch.context() as m:
+        m.setattr(corpus, "Render", Render, raising=False)
+        old = [Render("hey jarvis", "espeak:en", "positive", np.arange(900, dtype=np.float32)),
+               Render("lights on", "espeak:en", "command:lights_on", np.ones(900, np.float32)),
+               Render("the cat", "pico:en-GB", "speech", np.zeros(900, np.float32))]
+        content = pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL)
+    assert not hasattr(corpus, "Render") and b"Render" in content and b"SpeechRender" not in content
+    return content
+
+
+def test_renders_cached_in_the_old_layout_load_migrated_without_synthesis(tmp_path, monkeypatch):
+    import pickle
+
+    from cloud.train import data
+
+    items = data.eval_plan(load_recipe(RECIPE))
+    made = []
+    data.cached_renders(tmp_path, "eval", items, lambda: made.append(1) or ["placeholder"])
+    (path,) = tmp_path.glob("renders-eval-*.pkl")
+    path.write_bytes(_old_layout_pickle(monkeypatch))
+    got = data.cached_renders(tmp_path, "eval", items, lambda: made.append(2) or [])
+    assert made == [1]  # read from the cache, not synthesised again
+    assert all(type(r) is corpus.SpeechRender for r in got)
+    assert [(r.kind, r.command, r.label) for r in got] == [("positive", None, "positive"),
+                                                            ("command", "lights_on", "command:lights_on"),
+                                                            ("speech", None, "speech")]
+    assert got[1].text == "lights on" and got[1].voice_id == "espeak:en"
+    assert np.array_equal(got[0].audio, np.arange(900, dtype=np.float32))
+    # A plain pickle of the new layout round-trips; plain pickle cannot read the old one, load_renders can.
+    again = pickle.loads(pickle.dumps(got, protocol=pickle.HIGHEST_PROTOCOL))
+    assert [(r.text, r.voice_id, r.kind, r.command) for r in again] == [(r.text, r.voice_id, r.kind, r.command)
+                                                                        for r in got]
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(again, got, strict=True))
+    with pytest.raises(AttributeError, match="Render"):
+        pickle.loads(path.read_bytes())
+
+
+def test_a_command_render_names_its_command_and_no_other_does():
+    audio = np.zeros(900, np.float32)
+    r = corpus.SpeechRender.of_label("stop", "espeak:en", "command:stop", audio)
+    assert (r.kind, r.command, r.label) == ("command", "stop", "command:stop")
+    assert corpus.SpeechRender.of_label("hey", "espeak:en", "positive_ctx", audio).command is None
+    for kind, command in (("command", None), ("speech", "stop"), ("command", "")):
+        with pytest.raises(ValueError, match=f"kind '{kind}' with command"):
+            corpus.SpeechRender("x", "espeak:en", kind, audio, command)
+    with pytest.raises(ValueError, match="kind 'command' with command ''"):
+        corpus.SpeechRender.of_label("x", "espeak:en", "command:", audio)

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 
 from cloud.train import dataset, scenes
-from cloud.train.corpus import Render
+from cloud.train.corpus import SpeechRender
 from gate.kws.featurize import Featurizer
 
 SR = 16_000
 
 
-def _renders(kind: str, n: int, f0: float, seconds: float) -> list[Render]:
+def _renders(kind: str, n: int, f0: float, seconds: float) -> list[SpeechRender]:
     t = np.arange(int(seconds * SR)) / SR
-    return [Render(f"{kind}{i}", "test:voice", kind, (0.5 * np.sin(2 * np.pi * (f0 + 20 * i) * t)).astype(np.float32))
+    return [SpeechRender.of_label(f"{kind}{i}", "test:voice", kind,
+                                  (0.5 * np.sin(2 * np.pi * (f0 + 20 * i) * t)).astype(np.float32))
             for i in range(n)]
 
 
@@ -150,7 +151,7 @@ def test_command_clips_start_where_asked_and_a_late_fire_cuts_the_command(monkey
 
     monkeypatch.setattr(dataset, "_dress", lambda x, *a, **k: x)  # placement only: no noise, reverb or gain
     speech = np.arange(1, 8001, dtype=np.float32)  # 0.5 s, every sample distinct
-    r = Render("c", "test:voice", "command:on", speech)
+    r = SpeechRender("c", "test:voice", "command", speech, command="on")
     clips = dataset.command_clips([r], ["on", "_unknown", "_silence"], clip_s=1.0, aug=AugmentSpec(copies=1),
                                   rng=np.random.default_rng(0), babble_pool=[], noise_only=0, start_s=(start, start))
     x = clips.audio[0]

@@ -124,13 +124,14 @@ def node_renders(recipe: Recipe, specs: list[NodeSpec], sizes: Sizes, cache: Pat
                            n_cmd=sizes.commands, rate=s.rate, pitch=s.pitch)
         items += part
         owner += [s.index] * len(part)
+    # Each label carries its node ("positive@3", "command:stop@3") through synthesis and the cache key.
     tagged = [(f"{k}@{o}", u) for (k, u), o in zip(items, owner, strict=True)]
     renders = cached_renders(cache, "fed-nodes", tagged, lambda: corpus.synthesise(
         tagged, workers=workers, desc="synth fleet"))
     per: list[list] = [[] for _ in specs]
     for r in renders:
-        kind, _, o = r.kind.rpartition("@")
-        per[int(o)].append(corpus.Render(r.text, r.voice_id, kind, r.audio))
+        label, _, o = r.label.rpartition("@")
+        per[int(o)].append(corpus.SpeechRender.of_label(r.text, r.voice_id, label, r.audio))
     return per
 
 
@@ -153,7 +154,7 @@ def _scene(room: str, rs: list, minutes: float, sizes: Sizes, rng, jitter: float
     return scenes.build(room, minutes=minutes, keywords_per_hour=sizes.keywords_per_hour, rng=rng,
                         positives=[r for r in rs if r.kind == "positive"] or [r for r in rs if "positive" in r.kind],
                         others=[r for r in rs if r.kind == "speech"],
-                        commands=[r for r in rs if r.kind.startswith("command:")],
+                        commands=[r for r in rs if r.kind == "command"],
                         confusables=[r for r in rs if r.kind == "confusable"],
                         confusables_per_hour=sizes.confusables_per_hour, level_jitter_db=jitter)
 
@@ -161,7 +162,7 @@ def _scene(room: str, rs: list, minutes: float, sizes: Sizes, rng, jitter: float
 def node_scenes(recipe: Recipe, spec: NodeSpec, rs: list, sizes: Sizes) -> tuple[scenes.Scene, scenes.Scene]:
     """(collection scene, held-out scene): same speakers and room, different utterances."""
     a, b = [], []
-    for kinds in (("positive",), ("speech",), ("confusable",), ("command:",)):
+    for kinds in (("positive",), ("speech",), ("confusable",), ("command",)):
         x, y = _halves(rs, kinds)
         a += x
         b += y

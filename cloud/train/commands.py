@@ -22,7 +22,7 @@ def train(recipe: Recipe, out: Path, renders: Renders) -> dict:
     cspec = recipe.commands
     classes = [cmd.name for cmd in COMMANDS] + ["_unknown", "_silence"]
     # Every other utterance is an "_unknown" example: in use, most speech after a false wake is not a command.
-    cmd_r = [r for r in renders.train if r.kind.startswith("command:") or r.kind in ("speech", "confusable")]
+    cmd_r = [r for r in renders.train if r.kind in ("command", "speech", "confusable")]
     # Clips just long enough for the window, in tenths of a second (1.6 s for 158 frames).
     clip_s = math.ceil(float(lm.frame_end_s(cspec.window_frames - 1)) * 10 - 1e-9) / 10
     cclips = dataset.command_clips(cmd_r, classes, clip_s=clip_s, aug=recipe.augment, rng=step_rng(recipe.seed, "cmd"),
@@ -35,7 +35,7 @@ def train(recipe: Recipe, out: Path, renders: Renders) -> dict:
                                                keywords_per_hour=450.0, level_jitter_db=recipe.streams.level_jitter_db),
                                     classes, clip_s=clip_s, rng=crng)
             for k in recipe.evaluation.scenes])
-    ctest = dataset.command_clips([r for r in renders.eval if r.kind.startswith("command:") or r.kind == "speech"],
+    ctest = dataset.command_clips([r for r in renders.eval if r.kind in ("command", "speech")],
                                   classes, clip_s=clip_s, aug=recipe.augment, rng=step_rng(recipe.seed, "cmdtest"),
                                   babble_pool=renders.eval_babble, noise_only=30, desc="command test clips",
                                   start_s=cspec.start_s)

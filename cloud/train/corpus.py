@@ -11,9 +11,11 @@ RHVoice), from random espeak-ng variants (pseudo-speakers drawn from a seed, tra
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -43,12 +45,66 @@ WORDS = (
 ).split()
 
 
+COMMAND = "command"
+
+
 @dataclass(frozen=True, slots=True)
-class Render:
+class SpeechRender:
+    """One synthesised utterance. ``kind``: positive | positive_ctx | confusable | speech | command; a
+    command render names its command (gate_core.vocabulary) in ``command``, no other render has one.
+
+    A plan (``plan``) labels its utterances with one string, ``label``: the kind, or ``command:<name>``.
+    Renders cached before the command had its own field were pickled as ``Render`` objects with that
+    label for a kind: ``load_renders`` reads them as SpeechRenders (``__setstate__`` splits the label)."""
+
     text: str
     voice_id: str
-    kind: str        # positive | confusable | speech | command:<name>
+    kind: str
     audio: np.ndarray  # float32, 16 kHz, silence-trimmed
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind == COMMAND) != (self.command is not None) or self.command == "":
+            raise ValueError(f"render {self.text!r} ({self.voice_id}): kind {self.kind!r} with command "
+                             f"{self.command!r}; a command render names its command and no other render does")
+
+    @classmethod
+    def of_label(cls, text: str, voice_id: str, label: str, audio: np.ndarray) -> SpeechRender:
+        """A render of a plan item labelled ``label`` (a kind, or ``command:<name>``)."""
+        kind, command = _split_label(label)
+        return cls(text, voice_id, kind, audio, command)
+
+    @property
+    def label(self) -> str:
+        """The plan's label of this render: its kind, or ``command:<name>``."""
+        return f"{COMMAND}:{self.command}" if self.kind == COMMAND else self.kind
+
+    def __setstate__(self, state) -> None:
+        if len(state) == 4:  # a cached Render: (text, voice_id, label, audio)
+            text, voice_id, label, audio = state
+            kind, command = _split_label(label)
+            state = (text, voice_id, kind, audio, command)
+        for name, value in zip(("text", "voice_id", "kind", "audio", "command"), state, strict=True):
+            object.__setattr__(self, name, value)
+
+
+def _split_label(label: str) -> tuple[str, str | None]:
+    kind, sep, command = label.partition(":")
+    return (kind, command) if sep and kind == COMMAND else (label, None)
+
+
+class _RenderUnpickler(pickle.Unpickler):
+    """Reads renders cached by either layout: the old ``Render`` class is read as ``SpeechRender``."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == (__name__, "Render"):
+            return SpeechRender
+        return super().find_class(module, name)
+
+
+def load_renders(f: BinaryIO):
+    """What ``pickle.dump`` wrote of renders (a list of them), old-layout ones migrated."""
+    return _RenderUnpickler(f).load()
 
 
 def split_voices(es: EngineSet, eval_voices: Sequence[str],
@@ -99,7 +155,8 @@ def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: 
          pitch: tuple[int, int], accents: Sequence[tuple[Voice, str]] = (),
          accent_share: float = 0.0, random_variants: Sequence[str] = (),
          random_variant_share: float = 0.0) -> list[tuple[str, Utterance]]:
-    """(kind, utterance) pairs for a corpus; espeak voices get a random variant half the time.
+    """(label, utterance) pairs for a corpus: the label is the render's kind, or ``command:<name>``
+    (SpeechRender.label). Espeak voices get a random variant half the time.
 
     ``accents`` are (voice, respelled phrase) pairs of other-language voices: ``accent_share`` of the
     wake phrases and of the other speech go to them (accented speakers, and talk in other languages).
@@ -147,16 +204,17 @@ def plan(phrase: str, *, voices: Sequence[Voice], variants: Sequence[str], rng: 
         out.append(("speech", utt(random_sentence(rng), acc[0] if acc else None)))
     for _ in range(n_cmd):
         name, p = cmds[int(rng.integers(len(cmds)))]
-        out.append((f"command:{name}", utt(p)))
+        out.append((f"{COMMAND}:{name}", utt(p)))
     return out
 
 
-def synthesise(items: Sequence[tuple[str, Utterance]], *, workers: int = 2, desc: str = "synth") -> list[Render]:
-    """Render every item (in order); a voice that fails on one text is logged and skipped."""
-    def one(item: tuple[str, Utterance]) -> Render | None:
-        kind, u = item
+def synthesise(items: Sequence[tuple[str, Utterance]], *, workers: int = 2,
+               desc: str = "synth") -> list[SpeechRender]:
+    """Render every (label, utterance) item (in order); a voice that fails on one text is logged and skipped."""
+    def one(item: tuple[str, Utterance]) -> SpeechRender | None:
+        label, u = item
         try:
-            return Render(u.text, u.voice.id, kind, render(u))
+            return SpeechRender.of_label(u.text, u.voice.id, label, render(u))
         except TTSError as exc:
             log.warning("skipped: %s", exc)
             return None

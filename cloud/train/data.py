@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +26,14 @@ from sensors.synth.tts import Utterance
 def cached_renders(cache: Path, what: str, items: list[tuple[str, Utterance]], make):
     """Renders are the slow, model-independent part: keep them for reruns, keyed by the plan itself
     (every utterance's kind, text, voice, rate and pitch), so whatever changes what would be said
-    (recipe, seed, installed voices) makes new renders, and nothing else does."""
+    (recipe, seed, installed voices) makes new renders, and nothing else does. Renders cached in the
+    layout before SpeechRender read back migrated (corpus.load_renders)."""
     plan = [[kind, u.text, u.voice.id, u.rate, u.pitch] for kind, u in items]
     key = hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
     path = cache / f"renders-{what}-{key}.pkl"
     if path.is_file():
         with path.open("rb") as f:
-            return pickle.load(f)
+            return corpus.load_renders(f)
     renders = make()
     if renders is None:
         return None
@@ -73,7 +74,7 @@ def synthesised(recipe: Recipe, cache: Path, what: str, items: list):
                                                                        desc=f"synth {what}"))
 
 
-def make_scene(recipe: Recipe, kind: str, renders: list[corpus.Render], minutes: float, step: str, *,
+def make_scene(recipe: Recipe, kind: str, renders: list[corpus.SpeechRender], minutes: float, step: str, *,
                positive_kinds: tuple[str, ...] = ("positive",), **options) -> scenes.Scene:
     """A scene of ``renders`` at the evaluation's densities; ``options`` override them (training streams)."""
     ev = recipe.evaluation
@@ -82,7 +83,7 @@ def make_scene(recipe: Recipe, kind: str, renders: list[corpus.Render], minutes:
     return scenes.build(kind, minutes=minutes, rng=step_rng(recipe.seed, step + kind),
                         positives=[r for r in renders if r.kind in positive_kinds],
                         others=[r for r in renders if r.kind == "speech"],
-                        commands=[r for r in renders if r.kind.startswith("command:")],
+                        commands=[r for r in renders if r.kind == "command"],
                         confusables=[r for r in renders if r.kind == "confusable"], **options)
 
 
@@ -128,10 +129,10 @@ class WakeData:
 
 
 def wake_data(recipe: Recipe, renders: Renders) -> WakeData:
-    wake_r = [r for r in renders.train if not r.kind.startswith("command:")]
+    wake_r = [r for r in renders.train if r.kind != "command"]
     clips = dataset.wake_clips(wake_r, clip_s=recipe.clip_s, aug=recipe.augment, rng=step_rng(recipe.seed, "clips"),
                                babble_pool=renders.babble, noise_only=len(wake_r) // 6, desc="wake clips")
-    test = dataset.wake_clips([r for r in renders.eval if not r.kind.startswith("command:")], clip_s=recipe.clip_s,
+    test = dataset.wake_clips([r for r in renders.eval if r.kind != "command"], clip_s=recipe.clip_s,
                               aug=recipe.augment, rng=step_rng(recipe.seed, "test"), babble_pool=renders.eval_babble,
                               noise_only=60, desc="test clips")
     order = step_rng(recipe.seed, "split").permutation(len(clips))
@@ -141,7 +142,7 @@ def wake_data(recipe: Recipe, renders: Renders) -> WakeData:
                     streams=StreamFeatures(recipe, stream_scenes, mine_scenes))
 
 
-def _stream_scenes(recipe: Recipe, train_r: list[corpus.Render]) -> tuple[list, list]:
+def _stream_scenes(recipe: Recipe, train_r: list[corpus.SpeechRender]) -> tuple[list, list]:
     """Training streams and hard-negative mining streams: scene kinds of the evaluation, training voices."""
     ss = recipe.streams
     talk = []
@@ -158,8 +159,7 @@ def _stream_scenes(recipe: Recipe, train_r: list[corpus.Render]) -> tuple[list, 
 
     # Streams hear the same speakers as the clips, speed-perturbed as often (one copy of each render).
     rng = step_rng(recipe.seed, "stream-perturb")
-    train_r = [corpus.Render(r.text, r.voice_id, r.kind, dataset.perturb(r.audio, rng, recipe.augment))
-               for r in train_r]
+    train_r = [replace(r, audio=dataset.perturb(r.audio, rng, recipe.augment)) for r in train_r]
     kinds = recipe.evaluation.scenes
     train = [make(k, ss.minutes, "stream") for k in tqdm(kinds, desc="train streams", leave=False)
              ] if ss.minutes else []

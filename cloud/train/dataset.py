@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from cloud.train.corpus import Render
+from cloud.train.corpus import SpeechRender
 from cloud.train.recipe import AugmentSpec
 from sensors.synth import augment, voicex
 
@@ -71,7 +71,7 @@ def _dress(x: np.ndarray, rng: np.random.Generator, aug: AugmentSpec, babble_poo
     return augment.set_peak(y, peak)
 
 
-def wake_clips(renders: Sequence[Render], *, clip_s: float, aug: AugmentSpec, rng: np.random.Generator,
+def wake_clips(renders: Sequence[SpeechRender], *, clip_s: float, aug: AugmentSpec, rng: np.random.Generator,
                babble_pool: Sequence[np.ndarray], noise_only: int, desc: str = "clips") -> Clips:
     n = int(round(clip_s * SR))
     xs: list[np.ndarray] = []
@@ -85,12 +85,12 @@ def wake_clips(renders: Sequence[Render], *, clip_s: float, aug: AugmentSpec, rn
                 end = n - int(rng.uniform(0.05, 0.35) * SR)
                 xs.append(_dress(_place(audio, n, end), rng, aug, babble_pool))
                 ys.append(1)
-                kinds.append(r.kind)
+                kinds.append(r.label)
             else:
                 end = int(rng.uniform(0.5, 1.0) * n) if rng.random() < 0.5 else n - int(rng.uniform(0, 0.3) * SR)
                 xs.append(_dress(_place(audio, n, end), rng, aug, babble_pool))
                 ys.append(0)
-                kinds.append(r.kind)
+                kinds.append(r.label)
         if r.kind == "positive" and rng.random() < 0.5:
             cut = r.audio[: int(r.audio.size * rng.uniform(0.4, 0.75))]
             xs.append(_dress(_place(cut, n, n - int(rng.uniform(0.0, 0.2) * SR)), rng, aug, babble_pool))
@@ -103,7 +103,7 @@ def wake_clips(renders: Sequence[Render], *, clip_s: float, aug: AugmentSpec, rn
     return Clips(np.stack(xs), np.asarray(ys, np.int64), kinds)
 
 
-def command_clips(renders: Sequence[Render], class_names: Sequence[str], *, clip_s: float, aug: AugmentSpec,
+def command_clips(renders: Sequence[SpeechRender], class_names: Sequence[str], *, clip_s: float, aug: AugmentSpec,
                   rng: np.random.Generator, babble_pool: Sequence[np.ndarray], noise_only: int,
                   desc: str = "command clips", start_s: tuple[float, float] = (0.0, 0.3)) -> Clips:
     """Command after the wake word: the utterance starts ``start_s`` into the clip (a negative start cuts
@@ -113,14 +113,14 @@ def command_clips(renders: Sequence[Render], class_names: Sequence[str], *, clip
     unknown, silence = index["_unknown"], index["_silence"]
     xs, ys, kinds = [], [], []
     for r in tqdm(renders, desc=desc, unit="utt", leave=False):
-        label = index.get(r.kind.removeprefix("command:"), unknown) if r.kind.startswith("command:") else unknown
+        label = index.get(r.command, unknown) if r.kind == "command" else unknown
         copies = aug.copies
         for _ in range(copies):
             start = int(rng.uniform(*start_s) * SR)
             x = r.audio[max(0, -start):][: n - max(0, start)]
             xs.append(_dress(_place(x, n, max(0, start) + x.size), rng, aug, babble_pool))
             ys.append(label)
-            kinds.append(r.kind)
+            kinds.append(r.label)
     for _ in range(noise_only):
         xs.append(_dress(np.zeros(n, np.float32), rng, aug, babble_pool, speech_mask=False))
         ys.append(silence)

@@ -142,7 +142,7 @@ def evaluate_scenes(recipe: Recipe, out: Path, tiny_cards: dict, eval_r, train_r
     def last(kind: str, n: int) -> list:
         return [r for r in train_r if r.kind.startswith(kind)][-n:]
 
-    dev_r = last("positive", 200) + last("speech", 400) + last("command:", 100) + last("confusable", 100)
+    dev_r = last("positive", 200) + last("speech", 400) + last("command", 100) + last("confusable", 100)
     dev = [data.make_scene(recipe, k, dev_r, max(min(5.0, minutes), minutes / 3), "dev")
            for k in tqdm(ev.scenes, desc="dev scenes", leave=False)]
     tests = build_eval_scenes(recipe, eval_r, minutes)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloud.train.corpus import Render
+from cloud.train.corpus import SpeechRender
 from gate_core.audio import float_to_int16
 from sensors.scenes import Slots, blocks, overlay
 from sensors.synth import augment
@@ -54,8 +54,8 @@ class Scene:
 
 
 def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random.Generator,
-          positives: Sequence[Render], others: Sequence[Render], commands: Sequence[Render],
-          confusables: Sequence[Render] = (), confusables_per_hour: float = 0.0, talk_gap_s: float = 6.0,
+          positives: Sequence[SpeechRender], others: Sequence[SpeechRender], commands: Sequence[SpeechRender],
+          confusables: Sequence[SpeechRender] = (), confusables_per_hour: float = 0.0, talk_gap_s: float = 6.0,
           level_jitter_db: float = 0.0, extra_talk: Sequence[np.ndarray] = ()) -> Scene:
     """``others`` is everyday speech (about a third of the time at the default ``talk_gap_s``);
     ``confusables`` are near-misses of the phrase at ``confusables_per_hour`` (every detection on them
@@ -90,7 +90,7 @@ def build(name: str, *, minutes: float, keywords_per_hour: float, rng: np.random
         keywords.append((a / SR, b / SR))
         voices.append(kw.voice_id)
         cmd = commands[int(rng.integers(len(commands)))]
-        said.append(cmd.kind.removeprefix("command:"))
+        said.append(cmd.command)
         put(cmd.audio, b + int(rng.uniform(0.2, 0.6) * SR), "command")
         slots.take(s)
     # Near-misses sit in free 8 s slots, like the wake phrases, so that each is heard clearly.
