@@ -1,5 +1,5 @@
 """The transport's parts without a broker: radio charges, remote configuration answers, the settings
-objects a transport is built from, and the worker's typed events."""
+objects a transport is built from, the worker's typed events and the segments awaiting a verdict."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from mqtt_helpers import free_port
 from gate.energy import RADIO, EnergyLedger, mqtt_publish_b, wire_bytes
 from gate.energy.wire import MQTT_ACK_PACKET_B, TCP_IPV4_HEADER_B, TLS_RECORD_OVERHEAD_B, SessionBytes
 from gate.transport import events
+from gate.transport.awaiting import VerdictWait
 from gate.transport.config import BrokerLink, Delivery, MqttConfig, NodeIdentity, TransportError
 from gate.transport.mqtt import MqttTransport
 from gate.transport.radio import RadioMeter
@@ -247,3 +248,63 @@ def test_a_transport_is_built_from_its_settings_objects(tmp_path):
     assert (t.max_payload_bytes, t.await_verdict_s) == (4096, 2.5)
     default = MqttTransport(BrokerLink("127.0.0.1", 1), NodeIdentity("n1"), Spool(tmp_path / "b", max_bytes=1 << 20))
     assert default.client_id == "gate-gate-n1" and len(default.boot_id) == 32 and default.await_verdict_s is None
+
+
+# -- segments awaiting their verdict -------------------------------------------------------------
+
+
+def waiting(tmp_path, seconds: float | None) -> tuple[VerdictWait, Spool, list]:
+    spool = Spool(tmp_path, max_bytes=1 << 20)
+    entries = [spool.put(bytes([i]) * 100, key=f"{i:032x}") for i in range(3)]
+    return VerdictWait(spool, seconds, logging.getLogger("gate.transport.mqtt")), spool, entries
+
+
+def test_without_await_a_puback_settles_a_segment(tmp_path):
+    wait, spool, (a, b, c) = waiting(tmp_path, None)
+    wait.acked(a)
+    assert [e.key for e in spool.pending()] == [b.key, c.key] and len(wait) == 0
+    assert wait.republish_overdue(5, lambda e: pytest.fail("nothing awaits a verdict")) == 0
+
+
+def test_a_segment_waits_for_its_verdict_wherever_it_is(tmp_path):
+    wait, spool, (a, b, c) = waiting(tmp_path, 30.0)
+    wait.acked(a)
+    wait.acked(b)
+    wait.publish_seqs()
+    assert wait.seqs == {a.seq, b.seq} == wait.held() and len(spool) == 3  # PUBACKed, still spooled
+    wait.settle(a.key, [])
+    wait.publish_seqs()
+    assert wait.seqs == {b.seq} and [e.key for e in spool.pending()] == [b.key, c.key]
+    # Answered while in flight (a republish): out of the spool now, and its PUBACK holds nothing.
+    wait.settle(c.key, [c])
+    wait.acked(c)
+    assert wait.held() == {b.seq} and [e.key for e in spool.pending()] == [b.key]
+    # Switched off: what awaits a verdict is settled by its PUBACK.
+    wait.set_seconds(None)
+    assert len(spool) == 0 and len(wait) == 0 and wait.seconds is None
+
+
+def test_a_verdict_for_a_segment_of_an_earlier_run_settles_it(tmp_path):
+    wait, spool, (a, b, c) = waiting(tmp_path, 30.0)
+    wait.settle(b.key, [])
+    assert [e.key for e in spool.pending()] == [a.key, c.key]
+    wait.settle("f" * 32, [])  # nobody's: nothing changes
+    assert len(spool) == 2
+
+
+def test_overdue_segments_are_republished_oldest_first_within_the_room(tmp_path, caplog):
+    wait, spool, (a, b, c) = waiting(tmp_path, 0.05)
+    for e in (a, b, c):
+        wait.acked(e)
+    assert wait.republish_overdue(3, lambda e: pytest.fail("not due yet")) == 0
+    time.sleep(0.06)
+    sent: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="gate.transport.mqtt"):
+        assert wait.republish_overdue(2, lambda e: sent.append(e.key) or True) == 2
+        assert sent == [a.key, b.key] and wait.held() == {c.seq} and wait.republished == 2
+        assert wait.republish_overdue(5, lambda e: False) == 0 and wait.held() == {c.seq}  # refused: still waiting
+        assert wait.republish_overdue(5, lambda e: None) == 0 and len(wait) == 0  # gone from the spool meanwhile
+    assert wait.republished == 2 and len(spool) == 3  # republishing settles nothing
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["2 segment(s) acknowledged by the broker got no verdict within 0 s: published again "
+                        "(2 republished so far, 1 still awaiting a verdict)"]

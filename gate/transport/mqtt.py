@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from gate import __version__
 from gate.energy import EnergyLedger
 from gate.energy.wire import SessionBytes
+from gate.transport.awaiting import VerdictWait
 from gate.transport.config import (
     BrokerLink,
     Delivery,
@@ -104,12 +105,6 @@ class _InFlight:
     republish: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Awaiting:
-    entry: SpoolEntry
-    since: float  # time.monotonic() of its PUBACK
-
-
 class MqttTransport:
     """Segments out through the spool, verdicts and config updates in, status and heartbeats.
 
@@ -134,7 +129,7 @@ class MqttTransport:
         self.host, self.port = link.host, link.port
         self.spool = spool
         self.max_payload_bytes = delivery.max_payload_bytes
-        self._await_s = delivery.await_verdict_s
+        self._wait = VerdictWait(spool, delivery.await_verdict_s, log)  # the worker's; its seqs anyone's
         self.on_verdict = on_verdict
         self._remote = RemoteConfig(node.node_id, on_config)
 
@@ -172,15 +167,9 @@ class MqttTransport:
         self._changed = threading.Condition()
         # Owned by the worker thread.
         self._inflight: dict[int, _InFlight] = {}
-        self._awaiting: dict[str, _Awaiting] = {}  # segment id -> PUBACKed entry, oldest PUBACK first
-        self._answered: set[int] = set()  # seqs whose verdict came while they were in flight
-        # What other threads may read (flush): the spool seqs only a verdict is missing for, replaced whole.
-        self._awaiting_seqs: frozenset[int] = frozenset()
         self._hold_until_resent = False
-        self._unlogged_republished = 0
-        self._next_republish_log = 0.0
-        self._n = dict(connects=0, delivered=0, resent=0, heartbeats_skipped=0, rejected_in=0, verdicts=0,
-                       republished=0, lost=0, keepalives=0)
+        self._n = dict(connects=0, delivered=0, resent=0, heartbeats_skipped=0, rejected_in=0, verdicts=0, lost=0,
+                       keepalives=0)
 
     @classmethod
     def from_config(cls, cfg: MqttConfig, *, host: str | None = None, port: int | None = None,
@@ -250,7 +239,7 @@ class MqttTransport:
 
     @property
     def await_verdict_s(self) -> float | None:
-        return self._await_s
+        return self._wait.seconds
 
     def set_await_verdict(self, seconds: float | None) -> None:
         """Change ``await_verdict_s`` (e.g. off when nobody will answer). Turning it off settles the
@@ -298,7 +287,7 @@ class MqttTransport:
             return self._changed.wait_for(self._flushed, timeout)
 
     def _flushed(self) -> bool:
-        waiting = self._awaiting_seqs
+        waiting = self._wait.seqs
         return all(e.seq in waiting for e in self.spool.pending())
 
     def wait_answered(self, timeout: float) -> bool:
@@ -325,7 +314,7 @@ class MqttTransport:
             if not self.flush(max(0.0, deadline - time.monotonic())):
                 log.warning("close: %d segments still spooled after %.1f s; they go at the next start",
                             len(self.spool), timeout)
-            elif wait_answers and self._awaiting_seqs and self._n["verdicts"] and \
+            elif wait_answers and self._wait.seqs and self._n["verdicts"] and \
                     not self.wait_answered(max(0.0, deadline - time.monotonic())):
                 log.warning("close: %d segment(s) acknowledged by the broker but not answered after %.1f s; "
                             "they are published again at the next start", len(self.spool), timeout)
@@ -341,8 +330,8 @@ class MqttTransport:
     def stats(self) -> TransportStats:
         s = self.spool.stats()
         return TransportStats(connected=self.connected, pending=s.pending, pending_bytes=s.pending_bytes,
-                              inflight=len(self._inflight), awaiting=len(self._awaiting_seqs), dropped=s.dropped,
-                              quarantined=s.quarantined,
+                              inflight=len(self._inflight), awaiting=len(self._wait.seqs), dropped=s.dropped,
+                              quarantined=s.quarantined, republished=self._wait.republished,
                               **dict(self._n, rejected_in=self._n["rejected_in"] + self._remote.malformed))
 
     def __enter__(self) -> MqttTransport:
@@ -385,7 +374,8 @@ class MqttTransport:
         while True:
             try:
                 # With verdicts awaited, wake now and then to republish the overdue ones.
-                event = self._events.get(timeout=None if self._await_s is None else min(1.0, self._await_s / 4))
+                seconds = self._wait.seconds
+                event = self._events.get(timeout=None if seconds is None else min(1.0, seconds / 4))
             except queue.Empty:
                 event = Tick()
             if isinstance(event, Stop):
@@ -396,9 +386,7 @@ class MqttTransport:
                 self._handle(event)
             except Exception:  # the worker must outlive any single bad event
                 log.exception("mqtt worker: %s event failed", type(event).__name__)
-            seqs = frozenset(a.entry.seq for a in self._awaiting.values())
-            if seqs != self._awaiting_seqs:
-                self._awaiting_seqs = seqs
+            self._wait.publish_seqs()
             with self._changed:
                 self._changed.notify_all()
 
@@ -419,7 +407,7 @@ class MqttTransport:
             case Clock():
                 self._on_clock(event)
             case AwaitVerdict():
-                self._on_await(event)
+                self._wait.set_seconds(event.seconds)
             case HeartbeatOut():
                 self._on_heartbeat(event)
             case Send():
@@ -466,13 +454,6 @@ class MqttTransport:
             return  # no pings while the broker is away
         self._n["keepalives"] += self._radio.keepalives(event.elapsed_s)
 
-    def _on_await(self, event: AwaitVerdict) -> None:
-        self._await_s = event.seconds
-        if event.seconds is None:
-            for a in self._awaiting.values():
-                self.spool.ack(a.entry.seq)
-            self._awaiting.clear()
-
     def _on_acked(self, event: Acked) -> None:
         f = self._inflight.pop(event.mid, None)
         if f is None:
@@ -481,14 +462,7 @@ class MqttTransport:
             self._n["delivered"] += 1
         # A republish goes out on a link that is already up: its bytes, but no extra wake.
         self._radio.delivered(f.entry.nbytes, f.topic_len, republish=f.republish)
-        if f.entry.seq in self._answered:
-            self._answered.discard(f.entry.seq)  # answered while in flight: already out of the spool
-        elif self._await_s is None:
-            self.spool.ack(f.entry.seq)
-        else:
-            # The broker has it, which does not mean a cloud worker will: keep it until its verdict.
-            self._awaiting.pop(f.entry.key, None)
-            self._awaiting[f.entry.key] = _Awaiting(f.entry, time.monotonic())
+        self._wait.acked(f.entry)
         if not self._inflight:
             self._hold_until_resent = False
         self._drain()
@@ -516,10 +490,10 @@ class MqttTransport:
         if room <= 0:
             return
         # Overdue segments first: they are older than anything not yet sent.
-        room -= self._republish_overdue(room)
+        room -= self._wait.republish_overdue(room, lambda entry: self._publish(entry, republish=True))
         if room <= 0:
             return
-        busy = {f.entry.seq for f in self._inflight.values()} | {a.entry.seq for a in self._awaiting.values()}
+        busy = {f.entry.seq for f in self._inflight.values()} | self._wait.held()
         for entry in self.spool.pending(limit=len(busy) + room):
             if entry.seq in busy:
                 continue
@@ -531,34 +505,6 @@ class MqttTransport:
             room -= 1
             if room <= 0:
                 return
-
-    def _republish_overdue(self, room: int) -> int:
-        """Publish again (up to ``room``) the segments PUBACKed ``await_verdict_s`` ago and still unanswered."""
-        if self._await_s is None or not self._awaiting:
-            return 0
-        due = time.monotonic() - self._await_s
-        n = 0
-        while self._awaiting and n < room:
-            key, a = next(iter(self._awaiting.items()))
-            if a.since > due:
-                break  # oldest PUBACK first: the rest are younger
-            sent = self._publish(a.entry, republish=True)
-            if sent is False:
-                break
-            del self._awaiting[key]
-            if sent:  # None: dropped from the spool meanwhile (bound, full disk), nothing to wait for
-                n += 1
-        if n:
-            self._n["republished"] += n
-            self._unlogged_republished += n
-            now = time.monotonic()
-            if now >= self._next_republish_log:  # one line per await_verdict_s at most, whatever the backlog
-                log.warning("%d segment(s) acknowledged by the broker got no verdict within %.0f s: published "
-                            "again (%d republished so far, %d still awaiting a verdict)", self._unlogged_republished,
-                            self._await_s, self._n["republished"], len(self._awaiting))
-                self._unlogged_republished = 0
-                self._next_republish_log = now + self._await_s
-        return n
 
     def _publish(self, entry: SpoolEntry, *, republish: bool) -> bool | None:
         """True: in flight. False: the client refused it (retried later). None: gone from the spool."""
@@ -574,22 +520,6 @@ class MqttTransport:
         self._inflight[info.mid] = _InFlight(entry, len(topic.encode()), republish)
         return True
 
-    def _settle(self, segment_id: str) -> None:
-        """The cloud answered ``segment_id``: it leaves the spool, wherever it is in its life."""
-        a = self._awaiting.pop(segment_id, None)
-        if a is not None:
-            self.spool.ack(a.entry.seq)
-            return
-        for f in self._inflight.values():
-            if f.entry.key == segment_id:  # republished, or resent after a reconnect, and answered meanwhile
-                self._answered.add(f.entry.seq)
-                self.spool.ack(f.entry.seq)
-                return
-        for entry in self.spool.pending():  # spooled by an earlier run, answered on our persistent session
-            if entry.key == segment_id:
-                self.spool.ack(entry.seq)
-                return
-
     def _handle_verdict(self, payload: bytes) -> None:
         try:
             verdict = Verdict.model_validate_json(payload)
@@ -602,9 +532,9 @@ class MqttTransport:
             log.warning("ignored a verdict addressed to node %r", verdict.node_id)
             return
         self._n["verdicts"] += 1
-        if self._await_s is not None:
+        if self._wait.seconds is not None:
             # Before the callback: whoever has seen every verdict finds the spool empty.
-            self._settle(verdict.segment_id)
+            self._wait.settle(verdict.segment_id, (f.entry for f in self._inflight.values()))
         if self.on_verdict is not None:
             try:
                 self.on_verdict(verdict)
