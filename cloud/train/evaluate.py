@@ -59,13 +59,15 @@ def reevaluate(recipe: Recipe, out: Path, *, cache_dir: Path | None = None,
 
 def shipped_tiny(recipe: Recipe) -> dict[str, dict]:
     """The shipped node models of the recipe's feature kinds, as the evaluation takes them."""
+    from gate.kws.interpreter import read_evaluation
     from gate.kws.stage import default_model_path, read_card
 
     found = {}
     for kind in recipe.feature_kinds:
         path = default_model_path(kind)
         if path.is_file():
-            found[f"tiny_{kind}"] = {**read_card(path), "feature_kind": kind, "shipped_path": str(path)}
+            found[f"tiny_{kind}"] = {**read_card(path), **read_evaluation(path), "feature_kind": kind,
+                                     "shipped_path": str(path)}
     return found
 
 

@@ -10,13 +10,13 @@ step (cloud.train.seeds), so a recipe and seed rebuild the same models.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud.train import commands, corpus, data, evaluate, fit, tiny, verifier, verifier_v2
 from cloud.train.recipe import Recipe
+from gate_core.cards import write_cards as _write_cards
 
 SR = 16_000
 PARTS = ("verifier", "verifier_v2", "commands", "tiny")
@@ -114,14 +114,3 @@ def _data_card(train_r, eval_r, train_v, eval_v, variants) -> dict:
             "policy": "espeak-ng (stock and random variants, mbrola through it), pico2wave and RHVoice (its CMU "
                       "ARCTIC speakers left out) speech, WORLD transforms of it, generated noise and reverb, "
                       "datasets/real_speech as other talk; no evaluation-only or reserved engine or sound"}
-
-
-def _write_cards(out: Path, card: dict) -> None:
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    ev = card.get("evaluation", {})
-    for name, m in card["models"].items():
-        per = {"phrase": card["phrase"], **m}
-        if name in ev:
-            per["evaluation"] = ev[name]
-            per["detector"] = {"threshold": ev[name]["threshold"]}
-        (out / f"{name}.json").write_text(json.dumps(per, indent=2) + "\n")
