@@ -61,12 +61,28 @@ def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def mel_matrix(spec: LogMelSpec) -> np.ndarray:
-    """(n_mels, n_fft//2 + 1) triangular filters on the HTK mel scale, unit peak."""
+VTLP_BOUNDARY_HZ = 4800.0  # above it the warp bends back to Nyquist (Jaitly and Hinton, 2013)
+
+
+def vtlp_warp(f: np.ndarray, alpha: float, nyquist: float, boundary_hz: float = VTLP_BOUNDARY_HZ) -> np.ndarray:
+    """Vocal-tract-length perturbation of frequencies (Jaitly and Hinton, ICML 2013 workshop): f -> alpha f
+    up to boundary_hz * min(alpha, 1) / alpha, then a straight line that ends at Nyquist, so the band keeps its
+    edges. alpha > 1 moves filters up (as a longer vocal tract's formants would need to be read lower)."""
+    f = np.asarray(f, dtype=np.float64)
+    knee = boundary_hz * min(alpha, 1.0) / alpha
+    high = nyquist - (nyquist - boundary_hz * min(alpha, 1.0)) / (nyquist - knee) * (nyquist - f)
+    return np.where(f <= knee, f * alpha, high)
+
+
+def mel_matrix(spec: LogMelSpec, warp: float = 1.0) -> np.ndarray:
+    """(n_mels, n_fft//2 + 1) triangular filters on the HTK mel scale, unit peak; ``warp`` != 1 moves the
+    filter edges by vtlp_warp (training-time augmentation only; the node always uses 1)."""
     if not 0 <= spec.f_min_hz < spec.f_max_hz <= spec.sample_rate / 2:
         raise ValueError(f"mel band {spec.f_min_hz}-{spec.f_max_hz} Hz does not fit below Nyquist")
     freqs = np.fft.rfftfreq(spec.n_fft, 1.0 / spec.sample_rate)
     edges = mel_to_hz(np.linspace(hz_to_mel(spec.f_min_hz), hz_to_mel(spec.f_max_hz), spec.n_mels + 2))
+    if warp != 1.0:
+        edges = vtlp_warp(edges, warp, spec.sample_rate / 2)
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     up = (freqs[None, :] - lo) / (mid - lo)
     down = (hi - freqs[None, :]) / (hi - mid)
@@ -76,14 +92,14 @@ def mel_matrix(spec: LogMelSpec) -> np.ndarray:
 class LogMel:
     """Log-mel filter bank energies, batch or streaming, identical either way."""
 
-    def __init__(self, spec: LogMelSpec | None = None) -> None:
+    def __init__(self, spec: LogMelSpec | None = None, warp: float = 1.0) -> None:
         self.spec = spec or LogMelSpec()
         if self.spec.win > self.spec.n_fft:
             raise ValueError(f"window of {self.spec.win} samples is longer than n_fft={self.spec.n_fft}")
         # Periodic Hann: overlap-adds to a constant at 50% hop, the usual choice for analysis.
         n = np.arange(self.spec.win)
         self._window = (0.5 - 0.5 * np.cos(2.0 * np.pi * n / self.spec.win)).astype(np.float32)
-        self._mel = mel_matrix(self.spec)
+        self._mel = mel_matrix(self.spec, warp)
         self.reset()
 
     @property

@@ -30,6 +30,9 @@ class Clips:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def subset(self, idx: np.ndarray) -> Clips:
+        return Clips(self.audio[idx], self.labels[idx], [self.kinds[i] for i in idx])
+
 
 def _place(speech: np.ndarray, n: int, end_at: int) -> np.ndarray:
     """speech positioned so that it ends at sample ``end_at`` of an n-sample clip (cut at the start)."""
@@ -168,6 +171,28 @@ def featurize(clips: Clips, featurizer, frames: int, desc: str = "features") -> 
             raise ValueError(f"clip gives {f.shape[0]} feature frames, model needs {frames}")
         out[i] = f[-frames:]
     return out
+
+
+class VtlpLogMel:
+    """A log-mel featuriser whose mel bank is warped per clip (vocal-tract-length perturbation) for a share
+    ``prob`` of the clips, with a factor drawn uniformly from ``alpha``; the others get the node's bank.
+    Banks are kept per factor rounded to 0.005, so a run builds at most a few dozen."""
+
+    def __init__(self, rng: np.random.Generator, prob: float, alpha: tuple[float, float]) -> None:
+        from gate.features import LogMel
+
+        self._make = LogMel
+        self._rng, self._prob, self._alpha = rng, prob, alpha
+        self._banks: dict[float, object] = {1.0: LogMel()}
+        self.dim = self._banks[1.0].n_mels
+
+    def compute(self, samples: np.ndarray) -> np.ndarray:
+        a = 1.0
+        if self._rng.random() < self._prob:
+            a = round(float(self._rng.uniform(*self._alpha)) / 0.005) * 0.005
+        if a not in self._banks:
+            self._banks[a] = self._make(warp=a)
+        return self._banks[a].compute(samples)
 
 
 @dataclass(slots=True)

@@ -114,6 +114,10 @@ class AugmentSpec(Strict):
         (0.85, 1.2), description="WORLD: spectral-envelope frequency-warp range (vocal-tract length; > 1 shorter)")
     world_aperiodicity_db: tuple[float, float] = Field(
         (-6.0, 6.0), description="WORLD: aperiodicity change range, dB (> 0 breathier)")
+    vtlp_prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of the tiny model's training clips featurised through a "
+                                         "vocal-tract-length-perturbed mel bank (gate.features.vtlp_warp); 0 = off")
+    vtlp_alpha: tuple[float, float] = Field((0.9, 1.1), description="VTLP warp-factor range")
 
     @field_validator("world_f0_semitones")
     @classmethod
@@ -129,6 +133,11 @@ class AugmentSpec(Strict):
     @classmethod
     def _alpha(cls, v: tuple[float, float]) -> tuple[float, float]:
         return _ordered("world_alpha", v, 0.7, 1.4)
+
+    @field_validator("vtlp_alpha")
+    @classmethod
+    def _vtlp_alpha(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered("vtlp_alpha", v, 0.8, 1.25)
 
     @field_validator("world_aperiodicity_db")
     @classmethod

@@ -33,8 +33,12 @@ def train_all(recipe: Recipe, out: Path, wake: WakeData, *, distill: bool, teach
         x = dataset.featurize(clips, fz, tspec.window_frames, desc=f"tiny features {kind}")
         x_test = dataset.featurize(test, fz, tspec.window_frames, desc=f"tiny test features {kind}")
         xs, ys = streams.windows(kind, tspec.window_frames)
-        x_tr = np.concatenate([x[tr_idx], xs])
-        del xs
+        x_clips = x[tr_idx]
+        if kind == "logmel" and recipe.augment.vtlp_prob > 0:
+            vt = dataset.VtlpLogMel(step_rng(recipe.seed, "vtlp"), recipe.augment.vtlp_prob, recipe.augment.vtlp_alpha)
+            x_clips = dataset.featurize(clips.subset(tr_idx), vt, tspec.window_frames, desc="tiny features vtlp")
+        x_tr = np.concatenate([x_clips, xs])
+        del xs, x_clips
         hard = clips.labels.astype(np.float32)
         variants_to_train = [("hard", np.concatenate([hard[tr_idx], ys]))]
         if distill and kind == "logmel" and recipe.distill.teacher == "verifier_v2" and teacher_v2 is not None:
