@@ -11,12 +11,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # The cloud's service side may use the node package's shared feature code and model loading only; training
-# and evaluation (cloud/train, cloud/federated, cloud/compare.py, cloud/crossengine.py) also run the node's
-# keyword spotter, which is what they train and measure. `gate-cloud serve --config` reads the project's one
+# and evaluation (cloud/train, cloud/federated, cloud/compare.py, cloud/crossengine.py, cloud/score_models.py)
+# also run the node's keyword spotter, which is what they train and measure. `gate-cloud serve --config` reads the project's one
 # thresholds file through the node's loader, so every section of it is checked the same way.
 CLOUD_SERVICE_MAY_USE = {"gate.kws.featurize", "gate.kws.interpreter", "gate.kws.second_stage", "gate.kws.embedding",
                          "gate.features"}
-CLOUD_EVALUATION = ("cloud/train/", "cloud/federated/", "cloud/compare.py", "cloud/crossengine.py")
+CLOUD_EVALUATION = ("cloud/train/", "cloud/federated/", "cloud/compare.py", "cloud/crossengine.py",
+                    "cloud/score_models.py")
 CLOUD_EXCEPTIONS = {"cloud/service/cli.py": {"gate.config"}}
 
 

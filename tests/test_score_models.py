@@ -1,11 +1,11 @@
-"""cloud.train.score_models: the side-by-side sweep of candidate tiny models (real shipped model, generated scene)."""
+"""cloud.score_models: the side-by-side sweep of candidate tiny models (real shipped model, generated scene)."""
 
 import argparse
 
 import numpy as np
 import pytest
 
-from cloud.train import score_models
+from cloud import score_models
 from cloud.train.scenes import Scene
 from gate.kws.config import KwsConfig
 from gate.kws.stage import default_model_path

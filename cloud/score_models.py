@@ -1,6 +1,6 @@
 """Score candidate tiny models side by side on the held-out and cross-engine scenes, alone and behind v1.
 
-    python -m cloud.train.score_models --minutes 20 --cache-dir out/cache/train --out score.json \\
+    python -m cloud.score_models --minutes 20 --cache-dir out/cache/train --out score.json \\
         shipped=gate/models/kws_logmel.tflite run=RUN/tiny_logmel.tflite
 
 For the quick comparisons in docs/experiments.md: the held-out scenes of the training pipeline's evaluation
@@ -58,7 +58,7 @@ def _model(arg: str) -> tuple[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cloud.train.score_models", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m cloud.score_models", description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", type=_model, metavar="NAME=MODEL.tflite")
     ap.add_argument("--recipe", type=Path, default=Path("datasets/recipes/hey_jarvis.yaml"))
     ap.add_argument("--minutes", type=float, default=20.0, help="per scene kind (default 20)")
