@@ -114,9 +114,9 @@ def test_on_node_training_energy_is_priced_with_the_pi4_profiles_core_figure(tmp
     assert core_watts("pi4") == pytest.approx((1.2 - 0.6) * 5.1 / 4)
     profile = tmp_path / "board.yaml"
     text = (ROOT / "gate" / "profiles" / "pi4.yaml").read_text()
-    profile.write_text(text.replace("= 0.765 W per busy A72 core", "= 0.9 W per busy A72 core"))
+    profile.write_text(text.replace("busy_core_w: 0.765", "busy_core_w: 0.9"))
     assert core_watts(str(profile)) == pytest.approx(0.9)
-    with pytest.raises(ProfileError, match=r"mcu-analog\.yaml: stages\.features_kws\.source: no .* W per busy core"):
+    with pytest.raises(ProfileError, match=r"mcu-analog\.yaml: host\.busy_core_w: not given"):
         core_watts("mcu-analog")
 
 

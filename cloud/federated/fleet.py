@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 SR = 16_000
 ROOMS = ("quiet_home", "noisy_kitchen", "office_babble")
 BACKGROUND_MAX_POSTERIOR = 0.2  # windows the model already rejects firmly; near-threshold ones wait for a verdict
-_CORE_W = re.compile(r"= ([0-9]+(?:\.[0-9]+)?) W per busy (?:\S+ )?core")
 
 
 @dataclass(frozen=True)
@@ -78,16 +76,13 @@ class NodeSpec:
 
 
 def core_watts(profile: str = "pi4") -> float:
-    """W per busy core, the figure ``profile`` (a shipped profile's name or a YAML path) prices its
-    CPU-bound stages with: its features_kws stage derives it (``... = 0.765 W per busy A72 core``) and
-    its other CPU stages reuse it. The on-node training joules of the report are priced with it."""
-    source = load_profile(profile).stages["features_kws"].source
-    m = _CORE_W.search(source)
-    if m is None:
+    """W per busy core of ``profile`` (a shipped profile's name or a YAML path): its ``host.busy_core_w``,
+    the figure its CPU-bound stages are derived from. The on-node training joules are priced with it."""
+    w = load_profile(profile).host.busy_core_w
+    if not w:
         origin = profile if profile.endswith((".yaml", ".yml")) else f"gate/profiles/{profile}.yaml"
-        raise ProfileError(f"{origin}: stages.features_kws.source: no '= <W> W per busy core' figure in "
-                           f"{source[:60]!r}...")
-    return float(m.group(1))
+        raise ProfileError(f"{origin}: host.busy_core_w: not given (0); on-node training cannot be priced")
+    return float(w)
 
 
 def node_specs(n: int, eval_voices: list[str], seed: int) -> list[NodeSpec]:

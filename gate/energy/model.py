@@ -93,11 +93,13 @@ class HostPower(Strict):
     """What the board draws regardless of the cascade. On a Raspberry Pi this dominates everything."""
 
     idle_w: Figure = 0.0
+    busy_core_w: Figure = Field(default=0.0, description="W one busy CPU core adds over idle (prices CPU work such "
+                                                          "as on-node training); 0 = not given")
     source: str = ""
 
     @model_validator(mode="after")
     def _sourced(self) -> HostPower:
-        _require_source(self, ("idle_w",))
+        _require_source(self, ("idle_w", "busy_core_w"))
         return self
 
 
