@@ -2,8 +2,9 @@
 
 The shipped models' figures were measured on scenes built by this code, so the training scenes
 (cloud/train/scenes.build), the training clips' augmentation (cloud/train/dataset.py), every noise,
-reverb and level function, and ``gate-data scenario`` renders must stay bit-identical for a seed.
-Inputs are numpy-generated stand-ins for TTS renders (no TTS engine is needed). The digests were
+reverb and level function, ``gate-data scenario`` renders and the cross-engine evaluation scenes
+(cloud/crossengine.build_scene) must stay bit-identical for a seed. Inputs are numpy-generated
+stand-ins for TTS renders, recorded speech and music (no TTS engine or sound package is needed). The digests were
 computed with the numpy and scipy versions pinned in the venv: a different FFT or resampler build
 may change the last bits of the floats, in which case these tests say so and nothing else does.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cloud import crossengine
 from cloud.train import dataset, scenes
 from cloud.train.corpus import SpeechRender
 from cloud.train.recipe import AugmentSpec
@@ -169,6 +171,42 @@ def test_same_seed_same_bytes(case):
     assert CASES[case]() == DIGESTS[case]
 
 
+# --- cross-engine evaluation scenes ------------------------------------------------------------
+
+HUMAN = [_voiced(np.random.default_rng(13), s) for s in (1.2, 2.5, 3.4, 0.8, 4.0)]
+MUSIC_TRACK = noise.music(np.random.default_rng(14), 20 * SR)
+CROSSENGINE_RENDERS = POSITIVES + COMMANDS + CONFUSABLES + OTHERS
+
+# (kind, minutes, seed, human speech, build_scene options)
+CROSSENGINE_CASES = {
+    "music_1min": ("music", 1.0, 30, HUMAN, {"keywords_per_hour": 180, "confusables_per_hour": 120}),
+    "music_1.5min": ("music", 1.5, 31, HUMAN, {}),
+    "noise_1min": ("noise", 1.0, 32, HUMAN, {"keywords_per_hour": 180, "confusables_per_hour": 120}),
+    "noise_2min_no_human": ("noise", 2.0, 33, [], {}),
+    "talk_1min": ("talk", 1.0, 34, HUMAN, {"keywords_per_hour": 180, "confusables_per_hour": 120}),
+    "talk_1.5min": ("talk", 1.5, 35, HUMAN, {}),
+}
+
+CROSSENGINE_DIGESTS = {
+    "music_1.5min": "d9448e21cf0a95bd3d15a4c31679bc003c5d841a5cfd78d8e05323b68fe5429e",
+    "music_1min": "704c513248eff25e33d7cc78316d2068ee68b16922bd7e826195c4264eff0c79",
+    "noise_1min": "902f17cbb976d6cc948fced5169479c17aaeabe4134afb809023d8ace1193157",
+    "noise_2min_no_human": "34cbb8db95a8433850e715d60016edd2c885af33e7d80ee6612874f8194716e0",
+    "talk_1.5min": "2656df4097dd310f12445f728faf8a8ac7b81ae381910d3500cd9d48805efe60",
+    "talk_1min": "e1360c3019086e462b8911a47ee7b03a0c96ec75e2437d7b8c58b40b328e3763",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CROSSENGINE_CASES))
+def test_crossengine_scene_same_seed_same_bytes(case, monkeypatch):
+    monkeypatch.setattr(crossengine, "music", lambda: MUSIC_TRACK)
+    kind, minutes, seed, human, options = CROSSENGINE_CASES[case]
+    s = crossengine.build_scene(kind, minutes=minutes, rng=np.random.default_rng(seed), renders=CROSSENGINE_RENDERS,
+                                human=human, **options)
+    got = _digest(s.audio, s.name, s.keywords, s.events, s.keyword_voices, s.keyword_commands, s.keyword_snr_db)
+    assert got == CROSSENGINE_DIGESTS[case]
+
+
 # --- gate-data scenario ---------------------------------------------------------------------
 
 RECIPE = """\
@@ -227,3 +265,4 @@ def test_scenario_render_same_seed_same_bytes(tmp_path, monkeypatch):
 
 def test_every_case_has_a_digest():
     assert set(CASES) == set(DIGESTS)
+    assert set(CROSSENGINE_CASES) == set(CROSSENGINE_DIGESTS)
