@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ NEGATIVE_OFFSETS_S = (-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3)
 # head learns the whole phrase, not the speaker.
 AFTER_OFFSETS_S = (-0.6, -0.45, 0.8, 1.1, 1.4, 1.7, 2.0, 2.3, 2.6)
 MAX_PENDING = 64  # segments awaiting a verdict; the oldest is forgotten past this
+CAPACITY = 4000  # windows (100 x 40 int8: about 16 MB)
+BACKGROUND_SHARE = 0.3  # of the capacity, for background windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,15 @@ class Quant:
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         return np.clip(np.round(np.asarray(x, np.float32) / self.scale) + self.zero_point, -128, 127).astype(np.int8)
+
+    @classmethod
+    def of_input(cls, model) -> Quant:
+        """The int8 quantization of ``model``'s input (a ``TFLiteModel``); ValueError for any other input."""
+        inp = model.input
+        if np.dtype(inp.dtype) != np.int8 or not inp.scale > 0:
+            raise ValueError(f"the model's input is {np.dtype(inp.dtype).name}, not quantized int8: the store "
+                             "keeps windows quantized as an int8 model's input")
+        return cls(float(inp.scale), int(inp.zero_point))
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         return (np.asarray(q, np.float32) - self.zero_point) * self.scale
@@ -58,15 +70,18 @@ def fire_windows(featurizer, samples: np.ndarray, fire_s: float, frames: int, ac
     feats = featurizer.compute(np.asarray(samples))
     if offsets_s is None:
         offsets_s = NEGATIVE_OFFSETS_S if accepted is False else POSITIVE_OFFSETS_S
-    ends = sorted({int(round((fire_s + o) / featurizer.period_s)) for o in offsets_s})
-    return windows_at(feats, ends, frames)
+    return windows_at(feats, _ends(featurizer.period_s, fire_s, offsets_s), frames)
+
+
+def _ends(period_s: float, fire_s: float, offsets_s: tuple[float, ...]) -> list[int]:
+    return sorted({int(round((fire_s + o) / period_s)) for o in offsets_s})
 
 
 class FeatureStore:
     """Labelled int8 feature windows on disk (``root/fedstore.npz``), bounded by ``capacity`` windows."""
 
     def __init__(self, root: str | Path, *, capacity: int, frames: int, dim: int, quant: Quant,
-                 background_share: float = 0.3) -> None:
+                 background_share: float = BACKGROUND_SHARE) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if not 0.0 <= background_share < 1.0:
@@ -154,6 +169,21 @@ class FeatureStore:
                 "background": len(self.bg), "capacity": self.capacity,
                 "bytes_on_disk": self.path.stat().st_size if self.path.is_file() else 0}
 
+    def requantize(self, quant: Quant) -> None:
+        """Keep every window, stored and held, quantized as ``quant`` from now on (a new model's input)."""
+        if quant == self.quant:
+            return
+        old, self.quant = self.quant, quant
+
+        def conv(q: np.ndarray | None) -> np.ndarray | None:
+            return None if q is None else quant.quantize(old.dequantize(q))
+
+        self.x, self.bg = conv(self.x), conv(self.bg)
+        self._pending = OrderedDict((k, (conv(q), n, conv(r))) for k, (q, n, r) in self._pending.items())
+        self._after = OrderedDict((k, conv(q)) for k, q in self._after.items())
+        if len(self) or self.path.is_file():
+            self._save()
+
     def _q(self, windows: np.ndarray) -> np.ndarray:
         w = np.asarray(windows)
         if w.ndim != 3 or w.shape[1:] != (self.frames, self.dim):
@@ -190,21 +220,50 @@ class FeatureStore:
 class Collector:
     """The node's side of the store: ``on_segment`` is the cascade's hook for every published segment
     (``Cascade.on_segment``), ``on_verdict`` the transport's verdict callback. Only the feature windows
-    around each fire are kept; the segment's audio goes nowhere but the upload it already was."""
+    around each fire are kept; the segment's audio goes nowhere but the upload it already was.
+
+    The two hooks run on different threads (the node's loop, the transport's worker): a lock keeps the
+    store whole between them. The cascade hands a segment to the publisher before ``on_segment``, so a
+    prompt cloud's verdict can come first: it is kept (bounded) until the segment's windows are held."""
 
     def __init__(self, store: FeatureStore, featurizer) -> None:
         self.store = store
         self.featurizer = featurizer
+        self._lock = threading.Lock()
+        self._early: OrderedDict[str, bool] = OrderedDict()  # verdicts that came before their segment's windows
 
     def on_segment(self, published) -> None:
         seg = published.segment
         fire = seg.t_detect_s - seg.t_start_s
-        pos = fire_windows(self.featurizer, seg.samples, fire, self.store.frames, offsets_s=POSITIVE_OFFSETS_S)
-        neg = fire_windows(self.featurizer, seg.samples, fire, self.store.frames, offsets_s=NEGATIVE_OFFSETS_S)
+        feats = self.featurizer.compute(np.asarray(seg.samples))  # once: every window is cut from it
+
+        def at(offsets_s: tuple[float, ...]) -> np.ndarray:
+            return windows_at(feats, _ends(self.featurizer.period_s, fire, offsets_s), self.store.frames)
+
+        pos, neg, after = at(POSITIVE_OFFSETS_S), at(NEGATIVE_OFFSETS_S), at(AFTER_OFFSETS_S)
         sid = published.encoded.segment_id
-        self.store.hold(sid, pos, audio_bytes=int(seg.samples.size) * 2, if_rejected=neg)
-        self.store.hold_after(sid, fire_windows(self.featurizer, seg.samples, fire, self.store.frames,
-                                                offsets_s=AFTER_OFFSETS_S))
+        with self._lock:
+            self.store.hold(sid, pos, audio_bytes=int(seg.samples.size) * 2, if_rejected=neg)
+            self.store.hold_after(sid, after)
+            if sid in self._early:
+                self.store.verdict(sid, self._early.pop(sid))
 
     def on_verdict(self, verdict) -> int:
-        return self.store.on_verdict(verdict)
+        """Label the segment's windows; 0 when none are held (yet: an early verdict waits for them)."""
+        with self._lock:
+            n = self.store.on_verdict(verdict)
+            if not n:
+                self._early[verdict.segment_id] = bool(verdict.accepted)
+                while len(self._early) > MAX_PENDING:
+                    self._early.popitem(last=False)
+            return n
+
+    def follow(self, featurizer, frames: int, dim: int, quant: Quant) -> None:
+        """Another model between segments (an over-the-air release, a reload): its featurizer from now on,
+        and every window requantized as its input. ValueError when its windows are not the store's shape."""
+        if (int(frames), int(dim)) != (self.store.frames, self.store.dim):
+            raise ValueError(f"{self.store.path}: windows of ({self.store.frames}, {self.store.dim}), "
+                             f"the model takes ({frames}, {dim})")
+        with self._lock:
+            self.featurizer = featurizer
+            self.store.requantize(quant)

@@ -8,11 +8,18 @@ it between segments, and an invalid file is logged and the running settings kept
 
 Heartbeats are paced on the audio clock: a node whose microphone has stalled stops sending them,
 which is exactly what the cloud should see.
+
+With ``kws.federated.enabled`` the node keeps the model's input windows around each uploaded segment's
+fire, labelled by its verdict, in a store on disk (gate.fedstore; docs/federated.md): a ``Collector``
+chained after the cascade's ``on_segment`` and the transport's ``on_verdict``, following the running
+model across over-the-air swaps and reloads. A store that cannot be opened is one warning; the node runs
+on without it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -30,7 +37,9 @@ from gate.transport.spool import Spool
 from gate_core.wire import Verdict
 
 if TYPE_CHECKING:
-    from gate.cascade import Cascade, CascadeOutput
+    from gate.cascade import Cascade, CascadeOutput, Published
+    from gate.fedstore import Collector
+    from gate.kws.config import FederatedConfig
     from gate.ota import OtaAgent
     from gate.transport.mqtt import MqttTransport
 
@@ -92,6 +101,117 @@ class PacedSource:
         return cls(read_audio(path, target_rate=sample_rate), sample_rate=sample_rate, **kw)
 
 
+def chain(first: Callable | None, then: Callable) -> Callable:
+    """A callback calling ``first`` (when there is one), then ``then``, with the same argument."""
+    if first is None:
+        return then
+
+    def both(arg):
+        first(arg)
+        then(arg)
+
+    return both
+
+
+class FederatedCollection:
+    """``kws.federated`` on a running node: the feature store and its ``Collector`` for the running model.
+
+    Every failure (a store that cannot be opened, a model whose input is not int8, a disk that refuses a
+    write) is one warning naming the store's path; collection stops or skips, the node never does."""
+
+    def __init__(self, config: FederatedConfig, kws) -> None:
+        self.config = config
+        self.root = Path(config.store_dir).expanduser()
+        self.path = self.root / "fedstore.npz"
+        self.kws = kws
+        self.collector: Collector | None = None
+        try:
+            self.collector = self._open(kws)
+        except Exception as exc:  # noqa: BLE001 - a corrupt file or a bad directory must not stop the node
+            log.warning("kws.federated: cannot open the store at %s (%s); running without collecting labels",
+                        self.path, _one_line(exc))
+            return
+        st = self.collector.store.counts
+        log.info("kws.federated: collecting labels in %s (%d positives, %d hard negatives, %d background of %d)",
+                 self.path, st["positives"], st["hard_negatives"], st["background"], st["capacity"])
+
+    @classmethod
+    def from_settings(cls, settings: GateSettings, kws) -> FederatedCollection | None:
+        """The collection the thresholds file asks for, or None when ``kws.federated.enabled`` is off."""
+        cfg = settings.kws.federated
+        if not cfg.enabled:
+            return None
+        if kws is None:
+            log.warning("kws.federated: no keyword spotter is running; not collecting labels")
+            return None
+        return cls(cfg, kws)
+
+    @property
+    def collecting(self) -> bool:
+        return self.collector is not None
+
+    def _open(self, kws) -> Collector:
+        from gate.fedstore import Collector, FeatureStore, Quant
+        from gate.kws.featurize import Featurizer
+
+        quant = Quant.of_input(kws.model)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError("directory not writable")
+        store = FeatureStore(self.root, capacity=self.config.capacity, frames=kws.window_frames,
+                             dim=kws.featurizer.dim, quant=quant, background_share=self.config.background_share)
+        # Its own featurizer: computing a segment's windows must not disturb the running spotter's stream.
+        return Collector(store, Featurizer(kws.featurizer.kind, kws.featurizer.sample_rate))
+
+    def follow(self, kws) -> None:
+        """The cascade runs another spotter (an over-the-air swap, a reload): collect for its model from now on."""
+        if kws is self.kws:
+            return
+        self.kws = kws
+        if self.collector is None:
+            return
+        from gate.fedstore import Quant
+        from gate.kws.featurize import Featurizer
+
+        try:
+            if kws is None:
+                raise ValueError("no keyword spotter is running")
+            self.collector.follow(Featurizer(kws.featurizer.kind, kws.featurizer.sample_rate), kws.window_frames,
+                                  kws.featurizer.dim, Quant.of_input(kws.model))
+        except Exception as exc:  # noqa: BLE001
+            self.collector = None
+            log.warning("kws.federated: the new model does not fit the store at %s (%s); no longer collecting "
+                        "labels", self.path, _one_line(exc))
+            return
+        log.info("kws.federated: collecting for the new model in %s", self.path)
+
+    def on_segment(self, published: Published) -> None:
+        if self.collector is None:
+            return
+        try:
+            self.collector.on_segment(published)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("kws.federated: windows of segment %s not kept in %s (%s)", published.encoded.segment_id,
+                        self.path, _one_line(exc))
+
+    def on_verdict(self, verdict: Verdict) -> None:
+        if self.collector is None:
+            return
+        try:
+            n = self.collector.on_verdict(verdict)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("kws.federated: verdict for %s not stored in %s (%s)", verdict.segment_id, self.path,
+                        _one_line(exc))
+            return
+        if n:
+            log.debug("kws.federated: %d windows of %s labelled %s", n, verdict.segment_id,
+                      "positive" if verdict.accepted else "negative")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join((str(exc) or type(exc).__name__).split())[:300]
+
+
 @dataclass(slots=True)
 class NodeStats:
     blocks: int = 0
@@ -108,12 +228,17 @@ class Node:
 
     def __init__(self, *, settings: GateSettings, cascade: Cascade, source: Source, transport: MqttTransport | None,
                  config_path: str | None = None, load: Callable[[str | None], GateSettings] | None = None,
-                 ota: OtaAgent | None = None) -> None:
+                 ota: OtaAgent | None = None, federated: FederatedCollection | None = None) -> None:
         self.settings = settings
         self.ota = ota  # over-the-air releases, swapped in between segments (gate/ota.py)
         self.cascade = cascade
         self.source = source
         self.transport = transport
+        self.federated = federated  # labelled windows for federated fine-tuning, after the existing callbacks
+        if federated is not None:
+            cascade.on_segment = chain(cascade.on_segment, federated.on_segment)
+            if transport is not None:
+                transport.on_verdict = chain(transport.on_verdict, federated.on_verdict)
         self.config_path = config_path
         self._load = load
         self.stop_event = threading.Event()
@@ -156,6 +281,8 @@ class Node:
                     self._apply(self._pending_settings)
                 if self.ota is not None:
                     self.ota.swap_in(self.cascade)
+                if self.federated is not None:
+                    self.federated.follow(self.cascade.kws)
                 try:
                     block = self.source.read(timeout=0.2)
                 except EndOfStream:
@@ -244,6 +371,8 @@ class Node:
             return
         restart_only = [name for name in ("audio", "mqtt", "node", "energy")
                         if getattr(new, name) != getattr(self.settings, name)]
+        if new.kws.federated != self.settings.kws.federated:
+            restart_only.append("kws.federated")
         if restart_only:
             log.warning("SIGHUP: changes to %s take effect at the next start", ", ".join(restart_only))
         self._pending_settings = new
@@ -256,8 +385,9 @@ class Node:
             self.stats.reload_failures += 1
             log.error("SIGHUP: cannot apply %s (%s); keeping the running settings", self.config_path, exc)
             return
-        self.settings = new.model_copy(update={k: getattr(self.settings, k)
-                                               for k in ("audio", "mqtt", "node", "energy")})
+        kws = new.kws.model_copy(update={"federated": self.settings.kws.federated})  # the store opened at start
+        self.settings = new.model_copy(update={"kws": kws, **{k: getattr(self.settings, k)
+                                                              for k in ("audio", "mqtt", "node", "energy")}})
         self.stats.reloads += 1
         log.info("SIGHUP: thresholds reloaded from %s", self.config_path)
 
@@ -310,7 +440,8 @@ def run_node(*, settings: GateSettings, config_path: str | None, input_file: str
                                 target_rate=settings.audio.sample_rate)
             source.start()
         node = Node(settings=settings, cascade=cascade, source=source, transport=transport,
-                    config_path=config_path, load=load_settings, ota=ota)
+                    config_path=config_path, load=load_settings, ota=ota,
+                    federated=FederatedCollection.from_settings(settings, cascade.kws))
         if install_signals and threading.current_thread() is threading.main_thread():
             node.install_signal_handlers()
         transport.start()

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from gate.fedstore import BACKGROUND_SHARE, CAPACITY
 from gate_core.strict import Strict
 
 
@@ -53,6 +54,38 @@ class OtaConfig(Strict):
         return v
 
 
+class FederatedConfig(Strict):
+    """Feature windows labelled by the cloud's verdicts, kept on the node for fine-tuning (docs/federated.md)."""
+
+    enabled: bool = Field(
+        False, description="Keep the model's int8 input windows around each uploaded segment's fire, labelled by "
+                           "its verdict (accepted: positives, rejected: hard negatives); never audio. Needs a model "
+                           "with an int8 input")
+    store_dir: str = Field(
+        "~/.local/state/gate/fedstore", description="Where the store (fedstore.npz) is kept; it is reopened at "
+                                                    "every start")
+    capacity: int = Field(
+        CAPACITY, ge=1, description="Windows kept, oldest overwritten (a 100 x 40 window is 4000 bytes)")
+    background_share: float = Field(
+        BACKGROUND_SHARE, ge=0.0, lt=1.0,
+        description="Share of the capacity kept for background windows (low-scoring ones, sampled by the simulated "
+                    "fleet; gate-node does not sample them yet); the labelled windows get the rest")
+
+    @field_validator("store_dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("give a directory path")
+        return v
+
+    @model_validator(mode="after")
+    def _room_for_labels(self) -> FederatedConfig:
+        if self.capacity - round(self.capacity * self.background_share) < 1:
+            raise ValueError(f"capacity {self.capacity} with background_share {self.background_share} leaves no "
+                             "room for labelled windows")
+        return self
+
+
 class KwsConfig(Strict):
     """The tiny keyword spotter on the node and its detector."""
 
@@ -79,6 +112,9 @@ class KwsConfig(Strict):
         description="On-node check of each candidate on speech embeddings before upload (Pi-class nodes)")
     ota: OtaConfig = Field(default_factory=OtaConfig,
                            description="Signed over-the-air releases of this model (the cloud's public key)")
+    federated: FederatedConfig = Field(
+        default_factory=FederatedConfig,
+        description="Labelled feature windows kept on the node for federated fine-tuning (off by default)")
 
     @model_validator(mode="after")
     def _smoothing_covers_inferences(self) -> KwsConfig:
