@@ -32,8 +32,10 @@ import soundfile as sf
 from cloud.train.corpus import SpeechRender, load_renders, random_sentence
 from cloud.train.scenes import Scene
 from gate_core import metrics
+from gate_core.audio import float_to_int16
 from gate_core.errors import GateError
 from gate_core.vocabulary import COMMANDS
+from sensors.scenes import Slots, blocks, overlay
 from sensors.synth import augment, confusables, noise
 from sensors.synth.tts import trim_silence
 from sensors.wavfile import resample
@@ -227,8 +229,7 @@ def background(kind: str, n: int, rng: np.random.Generator, talk: Sequence[np.nd
         raise ValueError(f"unknown cross-engine scene kind {kind!r} (known: {', '.join(KINDS)})")
     out = np.zeros(n, np.float32)
     track = music() if kind == "music" else None
-    for a in range(0, n, CHUNK_S * SR):
-        b = min(n, a + CHUNK_S * SR)
+    for a, b in blocks(n, CHUNK_S * SR):
         if track is not None:
             x = _music_chunk(track, b - a, rng) + 0.05 * noise.coloured_noise(b - a, rng, 1.0)
         elif kind == "noise":
@@ -253,9 +254,11 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
                 confusables_per_hour: float = 20.0) -> Scene:
     """A long labelled scene of ``renders`` (flite) and ``human`` speech over a ``kind`` background.
 
-    Wake phrases and near-misses sit in 8 s slots, so that each is heard on its own; every wake phrase
-    is followed by a command 0.2-0.6 s after it, at the phrase's gain. Other talk (flite sentences and
-    the human prompts, half each) fills the rest, about a third of the time (half in ``talk`` scenes)."""
+    Wake phrases and near-misses sit in 8 s slots (sensors.scenes.Slots), so that each is heard on its
+    own; every wake phrase is followed by a command 0.2-0.6 s after it, at the phrase's gain. Other talk
+    (flite sentences and the human prompts, half each) fills the rest, about a third of the time (half in
+    ``talk`` scenes); unlike the training scenes' talk, an utterance may start up to 1 s before the end
+    and is cut there."""
     positives = [r for r in renders if r.kind == "positive"]
     commands = [r for r in renders if r.kind == "command"]
     near = [r for r in renders if r.kind == "confusable"]
@@ -275,12 +278,11 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
         returns the span, the SNR as placed, and the gain."""
         if rng.random() < 0.5:
             x = augment.reverb(x, rng)
-        end = min(n, at + x.size)
-        x = x[: end - at]
-        floor = augment.rms(bg[at:end])
+        x = x[: n - at]  # the part the scene holds: its level is measured over that
+        floor = augment.rms(bg[at:at + x.size])
         gain = floor * 10 ** (snr_db / 20) / _speech_rms(x)
         gain = min(gain, 10 ** (-1 / 20) / (float(np.max(np.abs(x))) + 1e-12))
-        out[at:end] += gain * x
+        at, end = overlay(out, x, at, gain=gain)
         events.append((what, at / SR, end / SR))
         return at, end, 20 * np.log10(gain * _speech_rms(x) / floor), gain
 
@@ -288,11 +290,9 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
     voices: list[str] = []
     said: list[str] = []
     snrs: list[float] = []
-    grid = np.arange(5, seconds - 10, 8)
-    n_kw = min(grid.size, max(1, int(round(keywords_per_hour * minutes / 60))))
-    slots = np.sort(rng.choice(grid, size=n_kw, replace=False))
-    busy = np.zeros(seconds + 1, bool)
-    for s in slots:
+    slots = Slots(seconds)
+    n_kw = min(slots.starts.size, max(1, int(round(keywords_per_hour * minutes / 60))))
+    for s in np.sort(rng.choice(slots.starts, size=n_kw, replace=False)):
         kw = positives[int(rng.integers(len(positives)))]
         a, b, snr, gain = put(kw.audio, int(s * SR), "positive", rng.uniform(*SNR_DB))
         keywords.append((a / SR, b / SR))
@@ -300,17 +300,15 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
         snrs.append(round(float(snr), 2))
         cmd = commands[int(rng.integers(len(commands)))]
         said.append(cmd.command)
-        at = b + int(rng.uniform(0.2, 0.6) * SR)
-        if at < n:
-            c = cmd.audio[: n - at] * gain
-            out[at:at + c.size] += c
-            events.append(("command", at / SR, (at + c.size) / SR))
-        busy[max(0, s - 1):s + 6] = True
-    free = [sec for sec in range(5, seconds - 10, 8) if not busy[max(0, sec - 1):sec + 6].any()]
+        c0, c1 = overlay(out, cmd.audio, b + int(rng.uniform(0.2, 0.6) * SR), gain=gain)
+        if c1 > c0:
+            events.append(("command", c0 / SR, c1 / SR))
+        slots.take(s)
+    free = slots.free()
     n_conf = min(len(free), int(round(confusables_per_hour * minutes / 60))) if near else 0
     for sec in (rng.choice(free, size=n_conf, replace=False) if n_conf else []):
         put(near[int(rng.integers(len(near)))].audio, int(sec * SR), "confusable", rng.uniform(*SNR_DB))
-        busy[max(0, sec - 1):sec + 6] = True
+        slots.take(sec)
     # Other talk never overlaps a wake phrase's or near-miss's slot, however long the utterance.
     gap = 3.0 if kind == "talk" else 6.0
     t = 0.0
@@ -321,11 +319,11 @@ def build_scene(kind: str, *, minutes: float, rng: np.random.Generator, renders:
         else:
             x, what = speech[int(rng.integers(len(speech)))], "speech"
         sec = int(t)
-        if sec >= seconds - 1 or busy[sec:sec + int(np.ceil(x.size / SR)) + 2].any():
+        if sec >= seconds - 1 or slots.reaches(sec, int(np.ceil(x.size / SR)) + 2):
             continue
         _, b, _, _ = put(x, int(t * SR), what, rng.uniform(*SNR_DB))
         t = b / SR
-    return Scene(f"{ENGINE}_{kind}", np.clip(np.round(out * 32768), -32768, 32767).astype(np.int16), keywords,
+    return Scene(f"{ENGINE}_{kind}", float_to_int16(out), keywords,
                  sorted(events, key=lambda e: e[1]), voices, said, keyword_snr_db=snrs)
 
 

@@ -1,8 +1,9 @@
 """Placing sounds over a background: the mixing primitives of the generated scenes.
 
 ``gate-data scenario`` (sensors/scenario.py) renders its streams block by block to files; the
-training pipeline's labelled evaluation scenes (cloud/train/scenes.py) are built whole in memory.
-Both lay the background down a block at a time (:func:`blocks`) and add every sound to the
+training pipeline's labelled evaluation scenes (cloud/train/scenes.py) and the cross-engine
+evaluation scenes (cloud/crossengine.py) are built whole in memory.
+All lay the background down a block at a time (:func:`blocks`) and add every sound to the
 samples it shares with the buffer at hand (:func:`overlay`); sounds that must be heard on their
 own sit in :class:`Slots`.
 """
@@ -50,6 +51,10 @@ class Slots:
         """The starts no taken slot reaches."""
         return [int(s) for s in self.starts if not self.busy[max(0, s - 1):s + 6].any()]
 
+    def reaches(self, sec: int, width: int) -> bool:
+        """Whether a taken slot keeps any of the ``width`` s from second ``sec`` busy (the scene's end cuts them)."""
+        return bool(self.busy[sec:sec + width].any())
+
     def clear(self, sec: int, width: int = 5) -> bool:
         """Whether the ``width`` s from second ``sec`` are inside the scene and outside every taken slot."""
-        return sec < self.busy.size - width and not self.busy[sec:sec + width].any()
+        return sec < self.busy.size - width and not self.reaches(sec, width)

@@ -52,6 +52,15 @@ def test_slots_keep_taken_seconds_busy():
     assert not s.clear(56)  # fewer than 5 s before the end
 
 
+def test_slots_reach_into_a_span_the_end_of_the_scene_cuts():
+    s = Slots(60)
+    s.take(45)  # 44-50 busy
+    assert s.reaches(40, 5) and s.reaches(50, 3) and not s.reaches(51, 3) and not s.reaches(38, 6)
+    assert not s.reaches(58, 5) and not s.clear(58, 5)  # past the end: nothing busy, but not clear either
+    s.take(57)
+    assert s.reaches(58, 5)
+
+
 def test_chain_talkers_lays_utterances_end_to_end_with_gaps():
     u = np.ones(1000, np.float32)
     out = noise.chain_talkers(np.zeros(20_000, np.float32), np.random.default_rng(0), [u], 1,
