@@ -187,7 +187,11 @@ def test_service_units_are_sandboxed_restarting_and_journalled(name, own):
 def test_node_unit_environment_is_valid_settings_and_spools_into_its_state_directory():
     env = {k: v.replace("%S", "/var/lib") for k, v in _environment("gate-node.service").items()}
     settings = load_settings(None, env=env)
-    assert settings.mqtt.spool_dir.startswith("/var/lib/" + _unit("gate-node.service")["Service"]["StateDirectory"])
+    state = "/var/lib/" + _unit("gate-node.service")["Service"]["StateDirectory"]
+    # ProtectHome=yes: everything the node writes (spool, OTA models, federated store) is under its state directory.
+    assert settings.mqtt.spool_dir.startswith(state)
+    assert settings.kws.ota.model_dir.startswith(state)
+    assert settings.kws.federated.store_dir.startswith(state)
     assert env["GATE_THRESHOLDS"] == "/etc/gate/thresholds.yaml"
 
 
