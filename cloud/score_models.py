@@ -13,12 +13,12 @@ verifier v1 (or ``--verifier``). Reported, never used to choose anything: thresh
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
 
 from cloud import crossengine
+from cloud.compare import at_fa
 from cloud.train import data, evaluate
 from cloud.train.recipe import load_recipe
 from gate.kws.config import KwsConfig
@@ -31,13 +31,15 @@ WITHIN = (0.5, 1.0, 2.0, 5.0)
 def sweep(cfg: KwsConfig, scenes: list, ok) -> list[dict]:
     """Miss rate and FA/h at every threshold, alone and behind the check ``ok(scene index, t)``."""
     scored = [evaluate.posteriors(cfg, s) for s in scenes]
+
+    def score(times: list[list[float]]) -> metrics.Score:
+        return metrics.combine(metrics.span_score(t, s.keywords, s.hours) for t, s in zip(times, scenes, strict=True))
+
     rows = []
     for th in sorted(set(metrics.default_thresholds()) | set(FIXED)):
         c = cfg.model_copy(update={"threshold": th})
         times = [evaluate.detect(c, sc) for sc in scored]
-        alone = metrics.combine(metrics.span_score(t, s.keywords, s.hours) for t, s in zip(times, scenes))
-        checked = metrics.combine(metrics.span_score([x for x in t if ok(i, x)], s.keywords, s.hours)
-                                  for i, (t, s) in enumerate(zip(times, scenes)))
+        alone, checked = score(times), score([[x for x in t if ok(i, x)] for i, t in enumerate(times)])
         rows.append({"threshold": th, "miss": round(alone.miss_rate, 4), "fa_per_hour": round(alone.fa_per_hour, 2),
                      "verified_miss": round(checked.miss_rate, 4),
                      "verified_fa_per_hour": round(checked.fa_per_hour, 2)})
@@ -45,9 +47,11 @@ def sweep(cfg: KwsConfig, scenes: list, ok) -> list[dict]:
 
 
 def fewest_misses_within(rows: list[dict], fa_per_hour: float, *, verified: bool) -> float | None:
+    """The fewest misses among the thresholds within ``fa_per_hour`` (cloud.compare.at_fa's rule)."""
     m, f = ("verified_miss", "verified_fa_per_hour") if verified else ("miss", "fa_per_hour")
-    pts = [r[m] for r in rows if r[f] <= fa_per_hour]
-    return min(pts) if pts else None
+    best = at_fa([{"threshold": r["threshold"], "miss_rate": r[m], "fa_per_hour": r[f]} for r in rows],
+                 (fa_per_hour,))[f"{fa_per_hour:g}"]
+    return None if best is None else best["miss_rate"]
 
 
 def _model(arg: str) -> tuple[str, Path]:
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                   **({"model_path": str(args.verifier)} if args.verifier else {}))
     report: dict = {"minutes": args.minutes, "models": {n: str(p) for n, p in args.models}, "sets": {}}
     for set_name, scenes in sets.items():
-        ok = functools.cache(lambda i, t, scenes=scenes: evaluate.verified(v1, scenes[i].audio, t))
+        ok = evaluate.verdicts(v1, scenes)
         for name, path in args.models:
             rows = sweep(KwsConfig(model_path=str(path), feature_kind="logmel"), scenes, ok)
             within = {f"{n:g}": {"alone": fewest_misses_within(rows, n, verified=False),

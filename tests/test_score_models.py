@@ -1,6 +1,7 @@
 """cloud.score_models: the side-by-side sweep of candidate tiny models (real shipped model, generated scene)."""
 
 import argparse
+import itertools
 
 import numpy as np
 import pytest
@@ -25,17 +26,17 @@ def test_sweep_alone_equals_a_check_that_passes_everything_and_a_rejecting_check
     passes = score_models.sweep(cfg, scenes, lambda i, t: True)
     rejects = score_models.sweep(cfg, scenes, lambda i, t: False)
     assert [r["threshold"] for r in passes] == sorted(r["threshold"] for r in passes)
-    for p, r in zip(passes, rejects):
+    for p, r in zip(passes, rejects, strict=True):
         assert (p["verified_miss"], p["verified_fa_per_hour"]) == (p["miss"], p["fa_per_hour"])
         assert r["verified_miss"] == 1.0 and r["verified_fa_per_hour"] == 0.0
         assert p["miss"] == 1.0  # nobody says the phrase in noise
     fa = [p["fa_per_hour"] for p in passes]
-    assert all(a >= b for a, b in zip(fa, fa[1:]))  # fewer false accepts as the threshold rises
+    assert all(a >= b for a, b in itertools.pairwise(fa))  # fewer false accepts as the threshold rises
 
 
 def test_fewest_misses_within_a_false_accept_rate():
-    rows = [{"miss": 0.1, "fa_per_hour": 9.0, "verified_miss": 0.2, "verified_fa_per_hour": 3.0},
-            {"miss": 0.3, "fa_per_hour": 2.0, "verified_miss": 0.3, "verified_fa_per_hour": 1.0}]
+    rows = [{"threshold": 0.3, "miss": 0.1, "fa_per_hour": 9.0, "verified_miss": 0.2, "verified_fa_per_hour": 3.0},
+            {"threshold": 0.9, "miss": 0.3, "fa_per_hour": 2.0, "verified_miss": 0.3, "verified_fa_per_hour": 1.0}]
     assert score_models.fewest_misses_within(rows, 5.0, verified=False) == 0.3
     assert score_models.fewest_misses_within(rows, 5.0, verified=True) == 0.2
     assert score_models.fewest_misses_within(rows, 0.5, verified=True) is None
