@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from gate.fedstore import BACKGROUND_SHARE, CAPACITY
 from gate_core.strict import Strict
+
+
+def _directory(v: str) -> str:
+    if not v.strip():
+        raise ValueError("give a directory path")
+    return v
+
+
+Directory = Annotated[str, AfterValidator(_directory)]  # a directory the node writes to: not blank
 
 
 class SecondStageConfig(Strict):
@@ -32,7 +41,7 @@ class OtaConfig(Strict):
         None, description="Ed25519 public key (PEM, from gate-cloud keygen) whose signed releases this node "
                           "installs from <topic_prefix>/fleet/model and <topic_prefix>/<node_id>/model; null = "
                           "over-the-air updates off")
-    model_dir: str = Field(
+    model_dir: Directory = Field(
         "~/.local/state/gate/models", description="Where installed models, the previous one and the state file "
                                                   "naming the active model are kept")
     self_test: str | None = Field(
@@ -46,13 +55,6 @@ class OtaConfig(Strict):
             raise ValueError("give a file path or null")
         return v
 
-    @field_validator("model_dir")
-    @classmethod
-    def _dir(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("give a directory path")
-        return v
-
 
 class FederatedConfig(Strict):
     """Feature windows labelled by the cloud's verdicts, kept on the node for fine-tuning (docs/federated.md)."""
@@ -61,7 +63,7 @@ class FederatedConfig(Strict):
         False, description="Keep the model's int8 input windows around each uploaded segment's fire, labelled by "
                            "its verdict (accepted: positives, rejected: hard negatives); never audio. Needs a model "
                            "with an int8 input")
-    store_dir: str = Field(
+    store_dir: Directory = Field(
         "~/.local/state/gate/fedstore", description="Where the store (fedstore.npz) is kept; it is reopened at "
                                                     "every start")
     capacity: int = Field(
@@ -70,13 +72,6 @@ class FederatedConfig(Strict):
         BACKGROUND_SHARE, ge=0.0, lt=1.0,
         description="Share of the capacity kept for background windows (low-scoring ones, sampled by the simulated "
                     "fleet; gate-node does not sample them yet); the labelled windows get the rest")
-
-    @field_validator("store_dir")
-    @classmethod
-    def _dir(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("give a directory path")
-        return v
 
     @model_validator(mode="after")
     def _room_for_labels(self) -> FederatedConfig:
