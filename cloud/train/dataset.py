@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from cloud.train.corpus import SpeechRender
 from cloud.train.recipe import AugmentSpec
+from gate.features import LogMel
 from sensors.synth import augment, voicex
 
 SR = 16_000
@@ -179,11 +180,8 @@ class VtlpLogMel:
     Banks are kept per factor rounded to 0.005, so a run builds at most a few dozen."""
 
     def __init__(self, rng: np.random.Generator, prob: float, alpha: tuple[float, float]) -> None:
-        from gate.features import LogMel
-
-        self._make = LogMel
         self._rng, self._prob, self._alpha = rng, prob, alpha
-        self._banks: dict[float, object] = {1.0: LogMel()}
+        self._banks: dict[float, LogMel] = {1.0: LogMel()}
         self.dim = self._banks[1.0].n_mels
 
     def compute(self, samples: np.ndarray) -> np.ndarray:
@@ -191,7 +189,7 @@ class VtlpLogMel:
         if self._rng.random() < self._prob:
             a = round(float(self._rng.uniform(*self._alpha)) / 0.005) * 0.005
         if a not in self._banks:
-            self._banks[a] = self._make(warp=a)
+            self._banks[a] = LogMel(warp=a)
         return self._banks[a].compute(samples)
 
 

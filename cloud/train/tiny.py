@@ -30,13 +30,16 @@ def train_all(recipe: Recipe, out: Path, wake: WakeData, *, distill: bool, teach
     cards: dict[str, dict] = {}
     for kind in recipe.feature_kinds:
         fz = Featurizer(kind)
-        x = dataset.featurize(clips, fz, tspec.window_frames, desc=f"tiny features {kind}")
-        x_test = dataset.featurize(test, fz, tspec.window_frames, desc=f"tiny test features {kind}")
-        xs, ys = streams.windows(kind, tspec.window_frames)
-        x_clips = x[tr_idx]
-        if kind == "logmel" and recipe.augment.vtlp_prob > 0:
+        if kind == "logmel" and recipe.augment.vtlp_prob > 0:  # the training clips through warped mel banks
             vt = dataset.VtlpLogMel(step_rng(recipe.seed, "vtlp"), recipe.augment.vtlp_prob, recipe.augment.vtlp_alpha)
             x_clips = dataset.featurize(clips.subset(tr_idx), vt, tspec.window_frames, desc="tiny features vtlp")
+            x_val = dataset.featurize(clips.subset(val_idx), fz, tspec.window_frames, desc=f"tiny features {kind}")
+        else:
+            x = dataset.featurize(clips, fz, tspec.window_frames, desc=f"tiny features {kind}")
+            x_clips, x_val = x[tr_idx], x[val_idx]
+            del x
+        x_test = dataset.featurize(test, fz, tspec.window_frames, desc=f"tiny test features {kind}")
+        xs, ys = streams.windows(kind, tspec.window_frames)
         x_tr = np.concatenate([x_clips, xs])
         del xs, x_clips
         hard = clips.labels.astype(np.float32)
@@ -50,7 +53,7 @@ def train_all(recipe: Recipe, out: Path, wake: WakeData, *, distill: bool, teach
             variants_to_train.append(("distilled", np.concatenate([soft[tr_idx], a * ys + (1 - a) * teacher_s])))
         for how, y_tr in variants_to_train:
             name = f"tiny_{kind}" + ("_distilled" if how == "distilled" else "")
-            tc, b = _train_tiny(tspec, x_tr, y_tr, x[val_idx], hard[val_idx], x_test, test.labels, fz, recipe,
+            tc, b = _train_tiny(tspec, x_tr, y_tr, x_val, hard[val_idx], x_test, test.labels, fz, recipe,
                                 name, streams.mine_streams(kind))
             tc["stream_windows"], tc["stream_positives"] = int(ys.size), int(ys.sum())
             cards[name] = tc
