@@ -13,9 +13,12 @@ verifier v1 (or ``--verifier``). Reported, never used to choose anything: thresh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from cloud import crossengine
 from cloud.compare import at_fa
@@ -23,6 +26,8 @@ from cloud.train import data, evaluate
 from cloud.train.recipe import load_recipe
 from gate.kws.config import KwsConfig
 from gate_core import metrics
+from gate_core.audio import float_to_int16
+from sensors.synth import augment
 
 FIXED = (0.1, 0.3, 0.5, 0.9, 0.99)
 WITHIN = (0.5, 1.0, 2.0, 5.0)
@@ -54,6 +59,12 @@ def fewest_misses_within(rows: list[dict], fa_per_hour: float, *, verified: bool
     return None if best is None else best["miss_rate"]
 
 
+def through(scene, kind: str, seed: int):
+    """``scene`` heard through channel ``kind`` (sensors.synth.augment.channel), the same filter every run."""
+    x = augment.channel(scene.audio.astype(np.float32) / 32768.0, np.random.default_rng(seed), kind)
+    return dataclasses.replace(scene, name=f"{scene.name}_{kind}", audio=float_to_int16(x))
+
+
 def _model(arg: str) -> tuple[str, Path]:
     name, sep, path = arg.partition("=")
     if not sep or not name or not Path(path).is_file():
@@ -68,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=20.0, help="per scene kind (default 20)")
     ap.add_argument("--cache-dir", type=Path, default=Path("out/cache/train"))
     ap.add_argument("--verifier", type=Path, default=None, help="verifier v1 model (default: the shipped one)")
+    ap.add_argument("--channel", action="append", default=[], choices=augment.CHANNELS,
+                    help="also score the held-out scenes heard through this channel (repeatable)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     from cloud.verifier import Verifier
@@ -78,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"held_out": evaluate.build_eval_scenes(r, renders, args.minutes),
             "cross_engine": crossengine.build_scenes(r.phrase, seed=r.seed, minutes=args.minutes,
                                                      cache_dir=args.cache_dir, workers=r.corpus.workers)}
+    for kind in args.channel:  # training engines' held-out voices through another microphone or line
+        sets[f"held_out_{kind}"] = [through(s, kind, r.seed) for s in sets["held_out"]]
     v1 = Verifier(threshold=r.evaluation.verifier_threshold,
                   **({"model_path": str(args.verifier)} if args.verifier else {}))
     report: dict = {"minutes": args.minutes, "models": {n: str(p) for n, p in args.models}, "sets": {}}

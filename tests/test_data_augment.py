@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy import signal
 
 from sensors.synth import noise, rooms
-from sensors.synth.augment import AugmentConfig, RirBank, augment, band_sos
+from sensors.synth.augment import CHANNELS, AugmentConfig, RirBank, augment, band_sos, channel
 
 FS = 16_000
 
@@ -98,6 +98,20 @@ def test_band_limit_removes_out_of_band_energy():
             assert ratio[(f > 5) & (f < p["low_hz"] / 2.5)].max() < -15
         passband = (f > p.get("low_hz", 0) * 1.5) & (f < p.get("high_hz", 8000) / 1.5)
         assert abs(np.median(ratio[passband])) < 2
+
+
+def test_narrowband_channel_is_an_8khz_source_and_every_channel_keeps_the_length():
+    x = np.random.default_rng(4).standard_normal(FS).astype(np.float32)
+    y = channel(x, np.random.default_rng(0), "narrowband")
+    f, pxx = signal.welch(y, FS, nperseg=1024)
+    _, p0 = signal.welch(x, FS, nperseg=1024)
+    ratio = 10 * np.log10(pxx / p0)
+    assert ratio[f > 4500].max() < -30 and abs(np.median(ratio[(f > 300) & (f < 3500)])) < 1
+    for kind in CHANNELS:
+        out = channel(x, np.random.default_rng(1), kind)
+        assert out.shape == x.shape and out.dtype == np.float32 and not np.allclose(out, x)
+    drawn = {channel(x, np.random.default_rng(s)).tobytes() for s in range(12)}
+    assert len(drawn) > 3  # kind None draws among the channels
 
 
 @pytest.mark.parametrize("kind", noise.STATIONARY)

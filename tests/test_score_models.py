@@ -49,3 +49,13 @@ def test_a_model_argument_names_an_existing_file(tmp_path):
     for bad in ("a", f"={m}", f"a={tmp_path / 'missing.tflite'}"):
         with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODEL.tflite"):
             score_models._model(bad)
+
+
+def test_a_scene_through_a_channel_keeps_its_labels_and_loses_the_band_above_4khz():
+    s = _scene()
+    t = score_models.through(s, "narrowband", 1)
+    assert t.keywords == s.keywords and t.audio.dtype == np.int16 and t.audio.size == s.audio.size
+    spec = np.abs(np.fft.rfft(t.audio.astype(np.float64)))
+    f = np.fft.rfftfreq(t.audio.size, 1 / SR)
+    assert spec[f > 4300].mean() < 0.05 * spec[(f > 300) & (f < 3500)].mean()
+    assert np.array_equal(t.audio, score_models.through(s, "narrowband", 1).audio)

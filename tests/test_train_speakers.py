@@ -224,6 +224,21 @@ def test_perturb_draws_nothing_without_world_and_transforms_with_it(speech):
     assert np.array_equal(y, dataset.perturb(speech, np.random.default_rng(1), on))
 
 
+def test_channel_share_draws_nothing_when_off_and_filters_the_clip_when_on(speech):
+    from cloud.train.dataset import _dress
+    x = np.pad(speech, (4000, 4000))
+    off = AugmentSpec(reverb_prob=0.0)
+    rng = np.random.default_rng(2)
+    base = _dress(x, rng, off, [])
+    state = rng.bit_generator.state
+    on = AugmentSpec(reverb_prob=0.0, channel_prob=1.0)
+    rng_on = np.random.default_rng(2)
+    y = _dress(x, rng_on, on, [])
+    assert y.shape == base.shape and not np.allclose(y, base)
+    assert rng_on.bit_generator.state != state  # the channel drew its kind and edges
+    assert np.array_equal(_dress(x, np.random.default_rng(2), off, []), base)
+
+
 # --- recipe fields ------------------------------------------------------------------------------------
 
 def test_the_shipped_recipe_leaves_every_new_speaker_source_off():

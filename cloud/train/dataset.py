@@ -68,6 +68,8 @@ def _dress(x: np.ndarray, rng: np.random.Generator, aug: AugmentSpec, babble_poo
         y = augment.mix(x, noise, snr)
     else:
         y = noise
+    if aug.channel_prob > 0 and rng.random() < aug.channel_prob:
+        y = augment.channel(y, rng)  # the microphone hears speech and room alike
     lo, hi = aug.gain_db
     peak = rng.uniform(lo, hi) - 3.0
     if not np.any(x):

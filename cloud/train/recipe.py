@@ -118,6 +118,10 @@ class AugmentSpec(Strict):
         0.0, ge=0.0, le=1.0, description="Share of the tiny model's training clips featurised through a "
                                          "vocal-tract-length-perturbed mel bank (gate.features.vtlp_warp); 0 = off")
     vtlp_alpha: tuple[float, float] = Field((0.9, 1.1), description="VTLP warp-factor range")
+    channel_prob: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of training clips heard through another channel (telephone "
+                                         "band, a low-pass or high-pass microphone, an 8 kHz source; "
+                                         "sensors.synth.augment.channel); 0 = off")
 
     @field_validator("world_f0_semitones")
     @classmethod

@@ -86,6 +86,21 @@ def set_peak(x: np.ndarray, peak_db: float) -> np.ndarray:
     return (x * (10 ** (peak_db / 20.0) / (np.max(np.abs(x)) + 1e-12))).astype(np.float32)
 
 
+CHANNELS = (*BANDS, "narrowband")
+
+
+def channel(x: np.ndarray, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """``x`` heard through another microphone or line: one of :data:`BANDS` (:func:`band_sos`) or
+    ``narrowband``, a source sampled at 8 kHz (anti-aliased down and back up: nothing above 4 kHz).
+    ``kind`` None draws one of :data:`CHANNELS`. Same length; the level is the caller's to set."""
+    kind = str(rng.choice(CHANNELS)) if kind is None else kind
+    if kind == "narrowband":  # a codec's steep anti-alias filter, then 8 kHz and back
+        y = signal.sosfilt(_butter(10, 3700, "lowpass"), x)
+        return signal.resample_poly(signal.resample_poly(y, 1, 2), 2, 1)[: x.size].astype(np.float32)
+    sos, _ = band_sos(kind, rng)
+    return signal.sosfilt(sos, x).astype(np.float32)
+
+
 # --- batches ----------------------------------------------------------------------------------
 
 
