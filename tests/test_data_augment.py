@@ -157,3 +157,14 @@ def test_split_is_a_stable_hash():
     splits = [split_of(f"espeak:en-us+v{i}", 0, (0.8, 0.1, 0.1)) for i in range(2000)]
     assert splits == [split_of(f"espeak:en-us+v{i}", 0, (0.8, 0.1, 0.1)) for i in range(2000)]
     assert 0.75 < splits.count("train") / 2000 < 0.85
+
+
+def test_music_background_is_unit_rms_tonal_and_outside_the_default_draw():
+    from sensors.synth.augment import BACKGROUNDS, TRAIN_BACKGROUNDS, background
+    x = background("music", 4 * FS, np.random.default_rng(0))
+    assert x.size == 4 * FS and np.std(x) == pytest.approx(1.0, rel=1e-3)
+    f, pxx = signal.welch(x, FS, nperseg=4096)
+    assert pxx.max() > 50 * np.median(pxx)  # harmonic peaks stand far above the floor
+    assert "music" in BACKGROUNDS and "music" not in TRAIN_BACKGROUNDS
+    with pytest.raises(ValueError, match="unknown background kind 'jazz'"):
+        background("jazz", FS, np.random.default_rng(0))

@@ -252,6 +252,8 @@ def test_the_shipped_recipe_leaves_every_new_speaker_source_off():
     ("augment", "world_prob: 1.5", r"augment.world_prob: .*less than or equal to 1"),
     ("augment", "world_f0_semitones: [-20, 3]", r"augment.world_f0_semitones: .*need -12.0 <= low"),
     ("augment", "world_aperiodicity_db: [3, -3]", r"augment.world_aperiodicity_db: .*\[3.0, -3.0\]"),
+    ("augment", "backgrounds: [pink, jazz]", r"augment.backgrounds: .*unknown background kind\(s\) \['jazz'\]"),
+    ("augment", "channel_prob: -0.1", r"augment.channel_prob: .*greater than or equal to 0"),
     ("corpus", "random_variants: -1", r"corpus.random_variants: .*greater than or equal to 0"),
     ("corpus", "random_variant_share: 2", r"corpus.random_variant_share: .*less than or equal to 1"),
     ("corpus", "engines: [flite]", r"corpus.engines.0: .*'espeak', 'mbrola', 'pico' or 'rhvoice'"),

@@ -61,7 +61,7 @@ def _dress(x: np.ndarray, rng: np.random.Generator, aug: AugmentSpec, babble_poo
            speech_mask: bool = True) -> np.ndarray:
     if speech_mask and rng.random() < aug.reverb_prob:
         x = augment.reverb(x, rng)
-    kind = augment.TRAIN_BACKGROUNDS[int(rng.integers(len(augment.TRAIN_BACKGROUNDS)))]
+    kind = aug.backgrounds[int(rng.integers(len(aug.backgrounds)))]
     noise = augment.background(kind, x.size, rng, babble_pool)
     if speech_mask and np.any(x):
         snr = rng.uniform(*aug.snr_db) if rng.random() < 0.85 else rng.uniform(30, 50)

@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from gate_core.cliutil import yaml_error_text
 from gate_core.errors import ConfigError
 from gate_core.strict import Strict
-from sensors.synth import tts
+from sensors.synth import augment, tts
 
 FeatureKind = Literal["logmel", "analog_envelopes", "pcen"]
 FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
@@ -118,10 +118,21 @@ class AugmentSpec(Strict):
         0.0, ge=0.0, le=1.0, description="Share of the tiny model's training clips featurised through a "
                                          "vocal-tract-length-perturbed mel bank (gate.features.vtlp_warp); 0 = off")
     vtlp_alpha: tuple[float, float] = Field((0.9, 1.1), description="VTLP warp-factor range")
+    backgrounds: tuple[str, ...] = Field(
+        augment.TRAIN_BACKGROUNDS, min_length=1,
+        description=f"Background kinds of the training clips, drawn evenly (known: {', '.join(augment.BACKGROUNDS)})")
     channel_prob: float = Field(
         0.0, ge=0.0, le=1.0, description="Share of training clips heard through another channel (telephone "
                                          "band, a low-pass or high-pass microphone, an 8 kHz source; "
                                          "sensors.synth.augment.channel); 0 = off")
+
+    @field_validator("backgrounds")
+    @classmethod
+    def _backgrounds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(v) - set(augment.BACKGROUNDS))
+        if unknown:
+            raise ValueError(f"unknown background kind(s) {unknown} (known: {', '.join(augment.BACKGROUNDS)})")
+        return v
 
     @field_validator("world_f0_semitones")
     @classmethod

@@ -36,12 +36,13 @@ BANDS = ("telephone", "lowpass", "highpass")
 # --- one clip at a time -----------------------------------------------------------------------
 
 TRAIN_BACKGROUNDS = ("white", "pink", "brown", "quiet_home", "noisy_kitchen", "office_babble")
+BACKGROUNDS = (*TRAIN_BACKGROUNDS, "music")  # every kind background() makes; TRAIN_BACKGROUNDS the default draw
 _COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 
 
 def background(kind: str, n: int, rng: np.random.Generator, speech: Sequence[np.ndarray] = ()) -> np.ndarray:
-    """Unit-RMS background of one of TRAIN_BACKGROUNDS: a colour of noise, or a scene room (a quiet
-    home's brown noise and hum, a kitchen's clatter, an office's babble of ``speech``)."""
+    """Unit-RMS background of one of BACKGROUNDS: a colour of noise, a scene room (a quiet home's brown
+    noise and hum, a kitchen's clatter, an office's babble of ``speech``), or music in a room."""
     if kind in _COLOURS:
         return noise_mod.coloured_noise(n, rng, _COLOURS[kind])
     if kind == "quiet_home":
@@ -50,8 +51,10 @@ def background(kind: str, n: int, rng: np.random.Generator, speech: Sequence[np.
         x = noise_mod.coloured_noise(n, rng, 1.0) + 0.8 * noise_mod.clatter(n, rng) + 0.2 * noise_mod.mains_hum(n, rng)
     elif kind == "office_babble":
         x = noise_mod.babble_mix(n, rng, speech) + 0.3 * noise_mod.coloured_noise(n, rng, 1.0)
+    elif kind == "music":
+        x = noise_mod.music(rng, n) + 0.1 * noise_mod.coloured_noise(n, rng, 1.0)
     else:
-        raise ValueError(f"unknown background kind {kind!r} (known: {', '.join(TRAIN_BACKGROUNDS)})")
+        raise ValueError(f"unknown background kind {kind!r} (known: {', '.join(BACKGROUNDS)})")
     return (x / (np.std(x) + 1e-12)).astype(np.float32)
 
 
