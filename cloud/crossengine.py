@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from cloud.train.corpus import SpeechRender, load_renders, random_sentence
+from cloud.train.corpus import SpeechRender, load_renders, random_sentence, save_renders
 from cloud.train.scenes import Scene
 from gate_core import metrics
 from gate_core.audio import float_to_int16
@@ -161,11 +160,7 @@ def cached_renders(cache_dir: Path | None, items: Sequence[FliteUtterance], *, w
         with path.open("rb") as f:
             return load_renders(f)
     renders = synthesise(items, workers=workers)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump(renders, f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
+    save_renders(path, renders)
     return renders
 
 

@@ -145,6 +145,15 @@ def test_threshold_tuned_for_the_tiny_model_or_for_the_cascade():
     assert evaluate.pick_threshold(cfg, [scene], scored, 0.0, Rejects(), 0.0) == pytest.approx(0.61)
 
 
+def test_a_render_cache_entry_is_written_whole_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "sub" / "renders-x.pkl"
+    corpus.save_renders(path, ["a", "b"])
+    corpus.save_renders(path, ["c"])  # a second run on the same cache replaces it whole
+    with path.open("rb") as f:
+        assert corpus.load_renders(f) == ["c"]
+    assert [p.name for p in path.parent.iterdir()] == ["renders-x.pkl"]
+
+
 def test_cached_renders_are_not_reused_when_the_installed_voices_change(tmp_path, monkeypatch):
     recipe = load_recipe(RECIPE)
     voices = {"espeak": (EN[0], Voice("espeak", "en-gb", "", "en-gb"), Voice("espeak", "en-gb-x-gbcwmd", "", "en"))}

@@ -11,10 +11,12 @@ RHVoice), from random espeak-ng variants (pseudo-speakers drawn from a seed, tra
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -105,6 +107,16 @@ class _RenderUnpickler(pickle.Unpickler):
 def load_renders(f: BinaryIO):
     """What ``pickle.dump`` wrote of renders (a list of them), old-layout ones migrated."""
     return _RenderUnpickler(f).load()
+
+
+def save_renders(path: Path, renders) -> None:
+    """Pickle ``renders`` to ``path`` atomically: a reader (another run on the same cache) sees the
+    whole file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        pickle.dump(renders, f, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
 
 
 def split_voices(es: EngineSet, eval_voices: Sequence[str],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,9 +36,7 @@ def cached_renders(cache: Path, what: str, items: list[tuple[str, Utterance]], m
     renders = make()
     if renders is None:
         return None
-    cache.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        pickle.dump(renders, f, protocol=pickle.HIGHEST_PROTOCOL)
+    corpus.save_renders(path, renders)
     return renders
 
 
