@@ -12,9 +12,10 @@ and the store survives a restart: it is one ``.npz`` replaced atomically on ever
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,14 @@ AFTER_OFFSETS_S = (-0.6, -0.45, 0.8, 1.1, 1.4, 1.7, 2.0, 2.3, 2.6)
 MAX_PENDING = 64  # segments awaiting a verdict; the oldest is forgotten past this
 CAPACITY = 4000  # windows (100 x 40 int8: about 16 MB)
 BACKGROUND_SHARE = 0.3  # of the capacity, for background windows
+# Background windows, for the simulated fleet and the node alike: the model already rejects them firmly
+# (near-threshold ones wait for a verdict), and no fire is within BACKGROUND_FIRE_GAP_S of them either way.
+BACKGROUND_MAX_POSTERIOR = 0.2
+BACKGROUND_FIRE_GAP_S = 2.0
+# The node takes at most one per BACKGROUND_EVERY_S of audio (600 an audio hour, the fleet's floor of 100 in
+# a 10-minute scene) and writes them BACKGROUND_BATCH at a time: each write replaces the whole store file.
+BACKGROUND_EVERY_S = 6.0
+BACKGROUND_BATCH = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,12 @@ def fire_windows(featurizer, samples: np.ndarray, fire_s: float, frames: int, ac
     if offsets_s is None:
         offsets_s = NEGATIVE_OFFSETS_S if accepted is False else POSITIVE_OFFSETS_S
     return windows_at(feats, _ends(featurizer.period_s, fire_s, offsets_s), frames)
+
+
+def is_background(posterior: float, t_s: float, fires_s) -> bool:
+    """Whether the window scored ``posterior`` ending at ``t_s`` may be a background window: the model scores
+    it below BACKGROUND_MAX_POSTERIOR and no fire (``fires_s``, audio times) is within BACKGROUND_FIRE_GAP_S."""
+    return posterior < BACKGROUND_MAX_POSTERIOR and all(abs(f - t_s) > BACKGROUND_FIRE_GAP_S for f in fires_s)
 
 
 def _ends(period_s: float, fire_s: float, offsets_s: tuple[float, ...]) -> list[int]:
@@ -258,6 +273,11 @@ class Collector:
                     self._early.popitem(last=False)
             return n
 
+    def add_background(self, windows: np.ndarray) -> None:
+        """Background windows (``BackgroundSampler.ready``) into the store's background ring."""
+        with self._lock:
+            self.store.add_background(windows)
+
     def follow(self, featurizer, frames: int, dim: int, quant: Quant) -> None:
         """Another model between segments (an over-the-air release, a reload): its featurizer from now on,
         and every window requantized as its input. ValueError when its windows are not the store's shape."""
@@ -267,3 +287,143 @@ class Collector:
         with self._lock:
             self.featurizer = featurizer
             self.store.requantize(quant)
+
+
+class BackgroundSampler:
+    """The node's background windows, chosen as the audio streams by (``is_background``): a scored window
+    the model rates below BACKGROUND_MAX_POSTERIOR with no fire within BACKGROUND_FIRE_GAP_S before it is
+    held until BACKGROUND_FIRE_GAP_S more audio has passed without a fire, then it is ``ready``; the next
+    one is taken no sooner than BACKGROUND_EVERY_S after it. Every time is audio time, events are taken in
+    time order, so the windows chosen depend on neither the chunk size nor how fast the audio is fed."""
+
+    def __init__(self, every_s: float = BACKGROUND_EVERY_S) -> None:
+        self.every_s = float(every_s)
+        self._next_s = -math.inf
+        self._fires: deque[float] = deque()
+        self._held: tuple[float, float, np.ndarray] | None = None  # (t_s, posterior, window)
+        self.ready: list[tuple[float, np.ndarray]] = []  # (t_s, window) chosen, not yet in the store
+        self.taken = 0
+
+    def fire(self, t_s: float) -> None:
+        """The KWS fired at ``t_s``: a held window this close to it is no background."""
+        self._fires.append(float(t_s))
+        if self._held is not None and not is_background(self._held[1], self._held[0], (t_s,)):
+            self._held = None
+
+    def wants(self, t_s: float, posterior: float) -> bool:
+        """Whether the window scored ``posterior`` at ``t_s`` is to be held (then ``hold`` it)."""
+        self.advance(t_s)
+        return self._held is None and t_s >= self._next_s and is_background(posterior, t_s, self._fires)
+
+    def hold(self, t_s: float, posterior: float, window: np.ndarray) -> None:
+        self._held = (float(t_s), float(posterior), window)
+
+    def advance(self, now_s: float) -> None:
+        """The audio has reached ``now_s`` (the KWS has fired at nothing later than its last ``fire``)."""
+        held = self._held
+        if held is not None and now_s - held[0] > BACKGROUND_FIRE_GAP_S:
+            self._held = None
+            if is_background(held[1], held[0], self._fires):
+                self.ready.append((held[0], held[2]))
+                self.taken += 1
+                self._next_s = held[0] + self.every_s
+        oldest = (now_s if self._held is None else min(now_s, self._held[0])) - BACKGROUND_FIRE_GAP_S
+        while self._fires and self._fires[0] < oldest:
+            self._fires.popleft()
+
+    def finish(self, end_s: float) -> None:
+        """The audio ended at ``end_s``: a held window keeps its place only if the gap after it was heard."""
+        self.advance(end_s)
+        self._held = None
+
+
+class _FrameTee:
+    """A spotter's featurizer, passed through, keeping the frames it produced since its last reset that a
+    window ending at a later frame may still need (the last ``keep`` of them, plus each push's)."""
+
+    def __init__(self, featurizer, keep: int) -> None:
+        self.inner = featurizer
+        self.keep = int(keep)
+        self.frames = np.zeros((0, featurizer.dim), np.float32)
+        self.first = 0  # index (since the reset) of frames[0]
+        self.count = 0  # frames produced since the reset
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def reset(self) -> None:
+        self.inner.reset()
+        self.frames, self.first, self.count = self.frames[:0], 0, 0
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        out = self.inner.push(samples)
+        if out.shape[0]:
+            drop = max(0, self.frames.shape[0] - self.keep)
+            self.frames = np.concatenate([self.frames[drop:], out])
+            self.first += drop
+            self.count += out.shape[0]
+        return out
+
+
+class BackgroundTap:
+    """The node's KWS stage (a ``KeywordSpotter``) passed through, showing ``sampler`` every window it scores
+    and every fire, in audio time. Nothing is featurized twice: the tap keeps the last frames the spotter's
+    own featurizer produced (memory only, never written), so a window the sampler wants is exactly the
+    model's input at that instant.
+
+    The cascade resets the KWS at every gate opening; a tap put in while the gate is open waits for the
+    next opening to know where its frames start. ``failed`` is set (and sampling stops) when sampling
+    raises; the KWS's own work is never affected. ``untap`` gives the spotter back as it was."""
+
+    def __init__(self, kws, sampler: BackgroundSampler) -> None:
+        self.kws = kws
+        self.sampler = sampler
+        self.frames = int(kws.window_frames)
+        self._tee = _FrameTee(kws.featurizer, self.frames - 1)
+        kws.featurizer = self._tee
+        kws.keep_scores = True
+        self.failed: BaseException | None = None
+        self._run = False  # True once a reset told where this run's frames start
+        self._t0 = 0.0
+
+    @property
+    def inferences(self) -> int:
+        return self.kws.inferences
+
+    def reset(self, t0_s: float = 0.0) -> None:
+        self.kws.reset(t0_s)
+        self.kws.scores = []
+        self.sampler.advance(t0_s)
+        self._run, self._t0 = True, float(t0_s)
+
+    def process(self, samples: np.ndarray):
+        dets = self.kws.process(samples)
+        scores, self.kws.scores = self.kws.scores, []
+        if self.failed is None:
+            try:
+                self._sample(scores, dets)
+            except Exception as exc:  # noqa: BLE001 - sampling must never stop the KWS
+                self.failed = exc
+        return dets
+
+    def untap(self):
+        """The spotter on its own again: its own featurizer, no scores kept."""
+        self.kws.featurizer = self._tee.inner
+        self.kws.keep_scores = False
+        self.kws.scores = []
+        return self.kws
+
+    def _sample(self, scores: list, dets: list) -> None:
+        events = sorted([(d.t_s, 0, 0.0) for d in dets] + [(s.t_s, 1, s.posterior) for s in scores])
+        tee = self._tee
+        for t, kind, p in events:
+            if kind == 0:
+                self.sampler.fire(t)
+            elif self._run and self.sampler.wants(t, p):
+                # Frame k (since the reset) ends at t0 + frame_end_s(k); the scored window ends at frame k.
+                k = int(round((t - self._t0 - float(tee.frame_end_s(0))) / tee.period_s))
+                a = k + 1 - self.frames - tee.first
+                if a >= 0 and k < tee.count:
+                    self.sampler.hold(t, p, tee.frames[a:a + self.frames].copy())
+        if self._run:
+            self.sampler.advance(self._t0 + float(tee.frame_end_s(tee.count - 1)) if tee.count else self._t0)

@@ -12,8 +12,10 @@ which is exactly what the cloud should see.
 With ``kws.federated.enabled`` the node keeps the model's input windows around each uploaded segment's
 fire, labelled by its verdict, in a store on disk (gate.fedstore; docs/federated.md): a ``Collector``
 chained after the cascade's ``on_segment`` and the transport's ``on_verdict``, following the running
-model across over-the-air swaps and reloads. A store that cannot be opened is one warning; the node runs
-on without it.
+model across over-the-air swaps and reloads. It also samples background windows from what the KWS
+scores low (a ``BackgroundTap`` around the cascade's spotter, at most one per
+``gate.fedstore.BACKGROUND_EVERY_S`` of audio). A store that cannot be opened is one warning; the node
+runs on without it.
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ import numpy as np
 
 from gate.config import GateSettings, SettingsError, load_settings
 from gate.energy import EnergyLedger
+from gate.fedstore import BACKGROUND_BATCH, BackgroundSampler, BackgroundTap, Collector, FeatureStore, Quant
 from gate.transport.spool import Spool
 from gate_core.wire import Verdict
 
 if TYPE_CHECKING:
     from gate.cascade import Cascade, CascadeOutput, Published
-    from gate.fedstore import Collector
     from gate.kws.config import FederatedConfig
     from gate.ota import OtaAgent
     from gate.transport.mqtt import MqttTransport
@@ -114,29 +116,45 @@ def chain(first: Callable | None, then: Callable) -> Callable:
 
 
 class FederatedCollection:
-    """``kws.federated`` on a running node: the feature store and its ``Collector`` for the running model.
+    """``kws.federated`` on a running node: the feature store and its ``Collector`` for the running model,
+    and the background windows the node samples from what the model scores low (``track`` puts a
+    ``BackgroundTap`` around the cascade's spotter; the chosen windows are written ``BACKGROUND_BATCH``
+    at a time and at ``close``). With ``labels`` off (no cloud answers: no broker, or a private one) only
+    background windows are collected, and one line says so.
 
     Every failure (a store that cannot be opened, a model whose input is not int8, a disk that refuses a
     write) is one warning naming the store's path; collection stops or skips, the node never does."""
 
-    def __init__(self, config: FederatedConfig, kws) -> None:
+    def __init__(self, config: FederatedConfig, kws, *, labels: bool = True) -> None:
         self.config = config
+        self.labels = labels
         self.root = Path(config.store_dir).expanduser()
         self.path = self.root / "fedstore.npz"
         self.kws = kws
         self.collector: Collector | None = None
+        self.sampler: BackgroundSampler | None = None
+        self._tap: BackgroundTap | None = None  # the tap this collection put around the cascade's spotter
+        self._bg_failing = False
         try:
             self.collector = self._open(kws)
         except Exception as exc:  # noqa: BLE001 - a corrupt file or a bad directory must not stop the node
             log.warning("kws.federated: cannot open the store at %s (%s); running without collecting labels",
                         self.path, _one_line(exc))
             return
+        if self.collector.store.background_cap:
+            self.sampler = BackgroundSampler()
         st = self.collector.store.counts
-        log.info("kws.federated: collecting labels in %s (%d positives, %d hard negatives, %d background of %d)",
-                 self.path, st["positives"], st["hard_negatives"], st["background"], st["capacity"])
+        log.info("kws.federated: collecting %s in %s (%d positives, %d hard negatives, %d background of %d)",
+                 "labels" if labels else "background windows", self.path, st["positives"], st["hard_negatives"],
+                 st["background"], st["capacity"])
+        if not labels:
+            log.warning("kws.federated: labelled windows need the cloud's verdicts over MQTT (a broker with a "
+                        "cloud worker behind it); without them this node keeps %s",
+                        "background windows only" if self.sampler is not None else
+                        "nothing (background_share is 0)")
 
     @classmethod
-    def from_settings(cls, settings: GateSettings, kws) -> FederatedCollection | None:
+    def from_settings(cls, settings: GateSettings, kws, *, labels: bool = True) -> FederatedCollection | None:
         """The collection the thresholds file asks for, or None when ``kws.federated.enabled`` is off."""
         cfg = settings.kws.federated
         if not cfg.enabled:
@@ -144,14 +162,59 @@ class FederatedCollection:
         if kws is None:
             log.warning("kws.federated: no keyword spotter is running; not collecting labels")
             return None
-        return cls(cfg, kws)
+        return cls(cfg, kws, labels=labels)
 
     @property
     def collecting(self) -> bool:
         return self.collector is not None
 
+    def track(self, cascade: Cascade) -> None:
+        """Node loop, between cascade calls: follow the cascade's spotter (``follow``), keep the tap around
+        it while background windows are sampled, and write a full batch of them."""
+        kws, tap = cascade.kws, self._tap
+        if kws is tap and tap is not None and tap.failed is None:  # nothing changed: the common case
+            if len(tap.sampler.ready) >= BACKGROUND_BATCH:
+                self._write_background()
+            return
+        inner = kws.kws if isinstance(kws, BackgroundTap) else kws
+        self.follow(inner)
+        if isinstance(kws, BackgroundTap) and kws.failed is not None:
+            log.warning("kws.federated: no longer sampling background windows for %s (%s)", self.path,
+                        _one_line(kws.failed))
+            self._write_background()  # what was chosen before is kept
+            self.sampler = None
+        if self.sampler is None or self.collector is None or inner is None:
+            if isinstance(kws, BackgroundTap):
+                cascade.kws = kws.untap()
+            self._tap = None
+            return
+        if not isinstance(kws, BackgroundTap):
+            kws = cascade.kws = BackgroundTap(inner, self.sampler)
+        self._tap = kws
+
+    def close(self, end_s: float) -> None:
+        """The audio ended at ``end_s``: the background windows chosen so far go to the store."""
+        if self.sampler is not None:
+            self.sampler.finish(end_s)
+            self._write_background()
+
+    def _write_background(self) -> None:
+        ready = self.sampler.ready if self.sampler is not None else []
+        if not ready or self.collector is None:
+            return
+        windows = np.stack([w for _, w in ready])
+        ready.clear()
+        try:
+            self.collector.add_background(windows)
+        except Exception as exc:  # noqa: BLE001 - a full or failing disk must not stop the node
+            if not self._bg_failing:
+                log.warning("kws.federated: %d background windows not kept in %s (%s); later ones are tried "
+                            "again", len(windows), self.path, _one_line(exc))
+            self._bg_failing = True
+            return
+        self._bg_failing = False
+
     def _open(self, kws) -> Collector:
-        from gate.fedstore import Collector, FeatureStore, Quant
         from gate.kws.featurize import Featurizer
 
         quant = Quant.of_input(kws.model)
@@ -165,12 +228,13 @@ class FederatedCollection:
 
     def follow(self, kws) -> None:
         """The cascade runs another spotter (an over-the-air swap, a reload): collect for its model from now on."""
+        if isinstance(kws, BackgroundTap):
+            kws = kws.kws
         if kws is self.kws:
             return
         self.kws = kws
         if self.collector is None:
             return
-        from gate.fedstore import Quant
         from gate.kws.featurize import Featurizer
 
         try:
@@ -236,9 +300,11 @@ class Node:
         self.transport = transport
         self.federated = federated  # labelled windows for federated fine-tuning, after the existing callbacks
         if federated is not None:
-            cascade.on_segment = chain(cascade.on_segment, federated.on_segment)
-            if transport is not None:
-                transport.on_verdict = chain(transport.on_verdict, federated.on_verdict)
+            if federated.labels:
+                cascade.on_segment = chain(cascade.on_segment, federated.on_segment)
+                if transport is not None:
+                    transport.on_verdict = chain(transport.on_verdict, federated.on_verdict)
+            federated.track(cascade)
         self.config_path = config_path
         self._load = load
         self.stop_event = threading.Event()
@@ -282,7 +348,7 @@ class Node:
                 if self.ota is not None:
                     self.ota.swap_in(self.cascade)
                 if self.federated is not None:
-                    self.federated.follow(self.cascade.kws)
+                    self.federated.track(self.cascade)
                 try:
                     block = self.source.read(timeout=0.2)
                 except EndOfStream:
@@ -396,6 +462,8 @@ class Node:
             self._process_pending()
             self._handle(self.cascade.flush())
         finally:
+            if self.federated is not None:
+                self.federated.close(self.cascade.t_s)
             self.source.close()
             if self.transport is not None:
                 timeout = self.settings.node.flush_timeout_s
@@ -439,9 +507,11 @@ def run_node(*, settings: GateSettings, config_path: str | None, input_file: str
                                 blocksize_ms=n.blocksize_ms, queue_s=n.queue_s,
                                 target_rate=settings.audio.sample_rate)
             source.start()
+        # A private broker has no cloud worker behind it: no verdicts will label windows.
+        labels = (broker or settings.mqtt.broker) != "embedded"
         node = Node(settings=settings, cascade=cascade, source=source, transport=transport,
                     config_path=config_path, load=load_settings, ota=ota,
-                    federated=FederatedCollection.from_settings(settings, cascade.kws))
+                    federated=FederatedCollection.from_settings(settings, cascade.kws, labels=labels))
         if install_signals and threading.current_thread() is threading.main_thread():
             node.install_signal_handlers()
         transport.start()

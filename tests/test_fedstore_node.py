@@ -16,12 +16,17 @@ from node_helpers import needs_espeak, node_settings, wake_scene
 from gate.config import GateSettings, SettingsError, load_settings
 from gate.fedstore import (
     AFTER_OFFSETS_S,
+    BACKGROUND_EVERY_S,
+    BACKGROUND_FIRE_GAP_S,
+    BACKGROUND_MAX_POSTERIOR,
     BACKGROUND_SHARE,
     CAPACITY,
     NEGATIVE,
     NEGATIVE_OFFSETS_S,
     POSITIVE,
     POSITIVE_OFFSETS_S,
+    BackgroundSampler,
+    BackgroundTap,
     FeatureStore,
     Quant,
 )
@@ -30,6 +35,9 @@ from gate.kws.interpreter import TFLiteModel, read_card
 from gate.kws.stage import KeywordSpotter, outputs_logits, sigmoid
 from gate.node import EndOfStream, FederatedCollection, Node, PacedSource, run_node
 from gate_core.wire import NodeTopics, Verdict, decode_segment
+from sensors.wavfile import read_audio
+
+REAL_SPEECH = Path(__file__).resolve().parents[1] / "datasets" / "real_speech"
 
 # -- the setting ------------------------------------------------------------------------------------
 
@@ -286,7 +294,8 @@ def test_verdicts_label_windows_on_disk_without_audio_and_survive_a_restart(mosq
         _fitting(rejected, AFTER_OFFSETS_S)
     assert n_pos == len(POSITIVE_OFFSETS_S) and n_neg >= len(NEGATIVE_OFFSETS_S) + 2 * (len(AFTER_OFFSETS_S) - 2)
     assert store.counts["positives"] == n_pos and store.counts["hard_negatives"] == n_neg
-    assert store.counts["background"] == 0
+    # Background windows, if the talk left room for any, are ones the model scores firmly low.
+    assert np.all(_posteriors(model, store.bg, quant) < BACKGROUND_MAX_POSTERIOR)
     # The positives are the model's own input around the fire: it is sure of them.
     assert np.median(_posteriors(model, store.x[store.y == POSITIVE], quant)) > 0.5
     assert store.labelled_bytes_in > 0
@@ -296,7 +305,7 @@ def test_verdicts_label_windows_on_disk_without_audio_and_survive_a_restart(mosq
     with np.load(store_dir / "fedstore.npz") as z:
         assert sorted(z.files) == ["bg", "meta", "x", "y"]
         assert z["x"].dtype == np.int8 and z["x"].shape == (n_pos + n_neg, 100, 40)
-        assert z["y"].dtype == np.int8 and z["bg"].shape == (0, 100, 40)
+        assert z["y"].dtype == np.int8 and z["bg"].shape == (len(store.bg), 100, 40)
     before_x, before_y = store.x.copy(), store.y.copy()
 
     # A restart: the node reopens the store and adds to it.
@@ -311,3 +320,201 @@ def test_verdicts_label_windows_on_disk_without_audio_and_survive_a_restart(mosq
     assert after.counts["hard_negatives"] == n_neg + _fitting(again, AFTER_OFFSETS_S)
     assert np.array_equal(after.x[:len(before_x)], before_x) and np.array_equal(after.y[:len(before_y)], before_y)
     assert {int(v) for v in after.y} == {POSITIVE, NEGATIVE}
+
+
+# -- background windows: what the KWS scores low, sampled on the audio clock ----------------------------
+
+
+def _real_speech() -> np.ndarray:
+    """datasets/real_speech (LibriVox and pocketsphinx recordings, nobody says the wake phrase), end to end."""
+    return np.concatenate([read_audio(f, target_rate=16000) for f in sorted(REAL_SPEECH.glob("*.flac"))])
+
+
+def test_the_sampler_keeps_no_window_near_a_fire_and_one_per_interval_of_audio():
+    sampler = BackgroundSampler()
+    fires = [20.0, 20.5, 41.0]
+    t = 1.0
+    while t < 60.0:
+        if fires and t >= fires[0]:
+            sampler.fire(fires.pop(0))
+        p = 0.9 if 39.0 <= t < 39.5 else 0.05  # a second of near misses: no background
+        if sampler.wants(t, p):
+            sampler.hold(t, p, np.full((1, 1), t))
+        t = round(t + 0.08, 2)
+    sampler.finish(60.0)
+    times = [t for t, _ in sampler.ready]
+    assert times and times[0] == 1.0 and sampler.taken == len(times)
+    assert all(b - a >= BACKGROUND_EVERY_S for a, b in zip(times, times[1:], strict=False))
+    for t in times:
+        assert all(abs(t - f) > BACKGROUND_FIRE_GAP_S for f in (20.0, 20.5, 41.0)) and not 39.0 <= t < 39.5
+    # The window held at 19 s (before the fire at 20 s was heard) is dropped; the next one is the first
+    # after the gap that follows the fire at 20.5 s.
+    assert 13.0 in times and not any(13.0 < t <= 22.5 for t in times) and 22.52 in times
+    # The end of the audio: a window whose gap was not heard yet is not kept.
+    assert times[-1] <= 60.0 - BACKGROUND_FIRE_GAP_S
+
+
+def test_the_tap_hands_over_exactly_the_windows_the_model_scored_and_changes_no_detection():
+    pcm = _real_speech()[:20 * 16000]
+    plain, tapped_kws = _spotter(), _spotter()
+    sampler = BackgroundSampler()
+    from gate.kws.featurize import Featurizer
+
+    own = tapped_kws.featurizer
+    tap = BackgroundTap(tapped_kws, sampler)
+    plain.reset(0.0)
+    tap.reset(0.0)
+    plain.keep_scores = True
+    dets_plain, dets_tap = [], []
+    for a in range(0, pcm.size, 1000):
+        dets_plain += plain.process(pcm[a:a + 1000])
+        dets_tap += tap.process(pcm[a:a + 1000])
+    sampler.finish(pcm.size / 16000)
+    assert [d.t_s for d in dets_tap] == [d.t_s for d in dets_plain]
+    assert tap.inferences == plain.inferences and tapped_kws.scores == []  # drained: nothing piles up
+    feats = Featurizer("logmel").compute(pcm)
+    p_at = {round(s.t_s, 6): s.posterior for s in plain.scores}
+    assert len(sampler.ready) >= 2
+    for t, window in sampler.ready:
+        k = int(round((t - plain.featurizer.frame_end_s(0)) / plain.featurizer.period_s))
+        np.testing.assert_array_equal(window, feats[k - 99:k + 1])
+        assert p_at[round(t, 6)] < BACKGROUND_MAX_POSTERIOR
+    assert tap.untap() is tapped_kws and tapped_kws.featurizer is own and not tapped_kws.keep_scores
+
+
+def _background_run(tmp_path: Path, mosquitto, pcm: np.ndarray, *, block_ms: float, batch_ms: float,
+                    capacity: int = CAPACITY, name: str = "run") -> FeatureStore:
+    settings = node_settings(tmp_path / name, model="shipped")
+    settings.node.blocksize_ms, settings.node.batch_ms = block_ms, batch_ms
+    settings.kws.federated = FederatedConfig(enabled=True, store_dir=str(tmp_path / name / "fed"), capacity=capacity)
+    source = PacedSource(pcm, block_ms=block_ms, realtime=False)
+    assert run_node(settings=settings, config_path=None, broker=f"mqtt://{mosquitto.host}:{mosquitto.port}",
+                    install_signals=False, source=source) == 0
+    quant = Quant.of_input(TFLiteModel(model_path=shipped_kws_model()))
+    return FeatureStore(tmp_path / name / "fed", capacity=capacity, frames=100, dim=40, quant=quant)
+
+
+@needs_mosquitto
+def test_a_node_replaying_real_speech_fills_the_background_ring_the_same_at_any_chunk_size(mosquitto, tmp_path):
+    pcm = _real_speech()
+    audio_s = pcm.size / 16000
+    a = _background_run(tmp_path, mosquitto, pcm, block_ms=20, batch_ms=100, name="a")
+    b = _background_run(tmp_path, mosquitto, pcm, block_ms=64, batch_ms=0, name="b")
+    small = _background_run(tmp_path, mosquitto, pcm, block_ms=20, batch_ms=100, capacity=20, name="small")
+    n = a.counts["background"]
+    # Talk all along: about one window per interval of audio, never more.
+    assert audio_s / BACKGROUND_EVERY_S / 2 <= n <= audio_s // BACKGROUND_EVERY_S + 1
+    assert np.array_equal(a.bg, b.bg)  # the same windows whatever the chunk size
+    assert small.background_cap == 6 < n and np.array_equal(small.bg, a.bg[-6:])  # the cap holds the newest
+    assert len(a.x) == len(small.x) == 0  # nobody gave a verdict: no labelled windows
+    # They are windows the model scores firmly low, as the node's KWS did.
+    model = shipped_kws_model()
+    assert np.all(_posteriors(model, a.bg, a.quant) < BACKGROUND_MAX_POSTERIOR)
+    # No audio: the one .npz of int8 windows.
+    for store in (a, b, small):
+        assert sorted(p.name for p in store.root.iterdir()) == ["fedstore.npz"]
+    with np.load(a.path) as z:
+        assert sorted(z.files) == ["bg", "meta", "x", "y"]
+        assert z["bg"].dtype == np.int8 and z["bg"].shape == (n, 100, 40)
+
+
+def test_a_disk_that_refuses_background_windows_is_one_warning_and_the_node_runs_on(tmp_path, caplog, monkeypatch):
+    import gate.fedstore
+    from gate.cascade import Cascade
+
+    monkeypatch.setattr(gate.fedstore, "BACKGROUND_BATCH", 2)  # several writes in a short replay
+    store = tmp_path / "fed"
+    settings = _enabled(store)
+    settings.kws.model_path = str(shipped_kws_model())
+    pcm = _real_speech()[:40 * 16000]
+    cascade = Cascade.from_config(settings)
+    with caplog.at_level(logging.WARNING, logger="gate.node"):
+        fed = FederatedCollection.from_settings(settings, cascade.kws, labels=False)
+        (store / "fedstore.tmp.npz").mkdir()  # every atomic write of the store now fails
+        node = Node(settings=settings, cascade=cascade, source=PacedSource(pcm, realtime=False), transport=None,
+                    federated=fed)
+        assert node.run() == 0
+    assert node.cascade.t_s == pytest.approx(pcm.size / 16000)  # every block heard
+    assert fed.sampler.taken >= 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    refused = [w for w in warnings if "background windows not kept" in w]
+    assert len(refused) == 1 and str(store / "fedstore.npz") in refused[0] and "\n" not in refused[0]
+    assert any("labelled windows need the cloud's verdicts" in w for w in warnings)
+    assert not (store / "fedstore.npz").exists()
+
+
+def test_without_verdicts_no_segment_windows_are_held(tmp_path):
+    from gate.cascade import Cascade
+
+    settings = _enabled(tmp_path / "fed")
+    settings.kws.model_path = str(shipped_kws_model())
+    cascade = Cascade.from_config(settings)
+    fed = FederatedCollection.from_settings(settings, cascade.kws, labels=False)
+    Node(settings=settings, cascade=cascade, source=PacedSource(np.zeros(1, np.int16)), transport=None, federated=fed)
+    assert cascade.on_segment is None and isinstance(cascade.kws, BackgroundTap)
+
+
+@needs_mosquitto
+@needs_espeak
+def test_the_wyoming_satellite_with_a_broker_keeps_labelled_windows_as_gate_node_run_does(mosquitto, tmp_path, caplog):
+    pytest.importorskip("wyoming")
+    from mqtt_helpers import free_port
+
+    from gate.wyoming.satellite import run_satellite
+
+    settings = node_settings(tmp_path, model="shipped")
+    store_dir = tmp_path / "fedstore"
+    settings.kws.federated = FederatedConfig(enabled=True, store_dir=str(store_dir))
+    _, pcm, _ = wake_scene(tmp_path / "room.wav", seconds=13.0, at_s=[2.0, 8.0])
+    verifier = _Verifier(mosquitto, [True, False])
+    try:
+        with caplog.at_level(logging.INFO):
+            rc = run_satellite(settings, uri=f"tcp://127.0.0.1:{free_port()}", mode="audio", config_path=None,
+                               answer_wait_s=0, broker=f"mqtt://{mosquitto.host}:{mosquitto.port}",
+                               source=_FileThenQuiet(pcm, verifier.all_answered))
+    finally:
+        verifier.close()
+    assert rc == 0 and verifier.all_answered.is_set()
+    assert "labelled windows need the cloud's verdicts" not in caplog.text
+    quant = Quant.of_input(TFLiteModel(model_path=shipped_kws_model()))
+    store = FeatureStore(store_dir, capacity=CAPACITY, frames=100, dim=40, quant=quant)
+    (accepted,) = [verifier.headers[sid] for sid, ok in verifier.answered.items() if ok]
+    assert store.counts["positives"] == _fitting(accepted, POSITIVE_OFFSETS_S) == len(POSITIVE_OFFSETS_S)
+    assert store.counts["hard_negatives"] >= len(NEGATIVE_OFFSETS_S)
+
+
+def test_the_tap_follows_a_swapped_spotter_and_a_failing_tap_is_one_warning(tmp_path, caplog):
+    from gate.cascade import Cascade
+
+    settings = _enabled(tmp_path / "fed")
+    settings.kws.model_path = str(shipped_kws_model())
+    cascade = Cascade.from_config(settings)
+    fed = FederatedCollection.from_settings(settings, cascade.kws, labels=False)
+    Node(settings=settings, cascade=cascade, source=PacedSource(np.zeros(1, np.int16)), transport=None, federated=fed)
+    assert isinstance(cascade.kws, BackgroundTap)
+    pcm = _real_speech()[:45 * 16000]
+    third = pcm.size // 3
+    for a in range(0, third, 1600):
+        cascade.process(pcm[a:a + 1600])
+    before = fed.sampler.taken
+    assert before >= 1
+    swapped = _spotter()  # an over-the-air release goes in between segments
+    cascade.swap_kws(swapped)
+    fed.track(cascade)
+    assert isinstance(cascade.kws, BackgroundTap) and cascade.kws.kws is swapped and fed.kws is swapped
+    for a in range(third, 2 * third, 1600):
+        cascade.process(pcm[a:a + 1600])
+        fed.track(cascade)
+    assert fed.sampler.taken > before
+    # Sampling that raises stops sampling, with one warning; the spotter goes on as it was.
+    own, sampler = swapped.featurizer.inner, fed.sampler
+    sampler.wants = lambda t, p: 1 / 0
+    with caplog.at_level(logging.WARNING, logger="gate.node"):
+        for a in range(2 * third, pcm.size, 1600):
+            cascade.process(pcm[a:a + 1600])
+            fed.track(cascade)
+    assert cascade.kws is swapped and swapped.featurizer is own and not swapped.keep_scores
+    (warning,) = [r.getMessage() for r in caplog.records if "no longer sampling" in r.getMessage()]
+    assert "division by zero" in warning and str(tmp_path / "fed" / "fedstore.npz") in warning
+    fed.close(cascade.t_s)
+    assert fed.collector.store.counts["background"] == sampler.taken  # what was chosen before is kept

@@ -456,3 +456,35 @@ def test_satellite_logs_an_unreachable_server_and_still_exits_cleanly(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "not delivered to" in r.stderr and "Traceback" not in r.stderr
     assert "0 segment(s) sent, 1 failed" in r.stderr
+
+
+def test_satellite_with_kws_federated_keeps_the_background_windows_gate_node_run_keeps(recorder, tmp_path):
+    """Without --broker no verdicts come back (the Wyoming server answers with a transcript): the satellite
+    keeps background windows only, the ones gate-node run keeps from the same audio, and says once why."""
+    from gate.kws.config import FederatedConfig
+    from gate.node import FederatedCollection, Node, PacedSource
+
+    port, streams = recorder
+    talk = np.concatenate([read_audio(f) for f in sorted((ROOT / "datasets/real_speech").glob("librivox_*.flac"))])
+    room = np.concatenate([talk, _noise(1.0, -62.0), _pcm(CLIP), _noise(5.0, -62.0, seed=4)])
+    wav = write_audio(tmp_path / "room.wav", room)
+    store = tmp_path / "fed"
+    env = {**_env(), "GATE_KWS__FEDERATED__ENABLED": "true", "GATE_KWS__FEDERATED__STORE_DIR": str(store)}
+    r = subprocess.run([sys.executable, "-m", "gate.wyoming", "--satellite-uri", f"tcp://{HOST}:{port}",
+                        "--input", str(wav), "--no-realtime"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(streams) == 1 and "1 segment(s) sent" in r.stderr  # the wake word's segment still went out
+    assert r.stderr.count("labelled windows need the cloud's verdicts") == 1, r.stderr
+    assert "collecting background windows in" in r.stderr
+
+    s = GateSettings()
+    s.kws.federated = FederatedConfig(enabled=True, store_dir=str(tmp_path / "node"))
+    cascade = Cascade.from_config(s)
+    node = Node(settings=s, cascade=cascade, source=PacedSource.from_file(wav, block_ms=64, realtime=False),
+                transport=None, federated=FederatedCollection.from_settings(s, cascade.kws, labels=False))
+    assert node.run() == 0
+    assert sorted(p.name for p in store.iterdir()) == ["fedstore.npz"]
+    with np.load(store / "fedstore.npz") as z, np.load(tmp_path / "node" / "fedstore.npz") as ref:
+        assert z["x"].shape[0] == 0 and z["bg"].dtype == np.int8 and z["bg"].shape[0] >= 2
+        np.testing.assert_array_equal(z["bg"], ref["bg"])

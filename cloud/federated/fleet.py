@@ -31,7 +31,7 @@ from cloud.train.evaluate import detect, posteriors, segment, verified
 from cloud.train.recipe import Recipe
 from cloud.train.seeds import step_rng
 from gate.energy import load_profile
-from gate.fedstore import AFTER_OFFSETS_S, fire_windows
+from gate.fedstore import AFTER_OFFSETS_S, fire_windows, is_background
 from gate.kws.config import KwsConfig
 from gate.kws.featurize import Featurizer
 from gate.segmenter import SegmenterConfig
@@ -41,7 +41,6 @@ from gate_core.errors import ProfileError
 log = logging.getLogger(__name__)
 SR = 16_000
 ROOMS = ("quiet_home", "noisy_kitchen", "office_babble")
-BACKGROUND_MAX_POSTERIOR = 0.2  # windows the model already rejects firmly; near-threshold ones wait for a verdict
 
 
 @dataclass(frozen=True)
@@ -187,9 +186,9 @@ def collect(root: Path, scene: scenes.Scene, cfg: KwsConfig, verifier, *, seed: 
         store.verdict(f"seg{j}", ok)
         accepted += ok
         segment_bytes += seg.size * 2
-    # Background: a share of windows the model scores firmly low, away from any fire.
+    # Background: a share of windows the model scores firmly low, away from any fire (gate.fedstore's rule,
+    # which the node follows too).
     rng = np.random.default_rng(seed)
-    fire_t = np.asarray(fires)
     # Only windows with sound in them (what the node's analog gate would pass): other people's talk, the
     # room's clatter; silence teaches the head nothing.
     x = scene.audio.astype(np.float64)
@@ -197,9 +196,9 @@ def collect(root: Path, scene: scenes.Scene, cfg: KwsConfig, verifier, *, seed: 
     ends = np.arange(SR, x.size + 1, SR // 10)                     # 1 s windows every 0.1 s
     sec_rms = np.sqrt((c[ends] - c[ends - SR]) / SR)                # sec_rms[k]: the second ending at 1 + k/10 s
     loud = np.quantile(sec_rms, 0.5)
-    cand = [s.t_s for s in scored if s.posterior < BACKGROUND_MAX_POSTERIOR and s.t_s > 1.2
-            and sec_rms[min(sec_rms.size - 1, int(s.t_s * 10) - 10)] > loud
-            and (not fire_t.size or np.min(np.abs(fire_t - s.t_s)) > 2.0)]
+    # (The node needs no such proxy: its KWS scores only what its analog gate passed.)
+    cand = [s.t_s for s in scored if s.t_s > 1.2 and sec_rms[min(sec_rms.size - 1, int(s.t_s * 10) - 10)] > loud
+            and is_background(s.posterior, s.t_s, fires)]
     # About three background windows per labelled one (at least 100), within the store's background share.
     n_bg = min(store.background_cap, len(cand), max(100, 3 * len(store.x)))
     picks = sorted(rng.choice(len(cand), size=n_bg, replace=False)) if n_bg else []

@@ -10,6 +10,11 @@ Per segment, on one new connection, in wyoming's framing:
   logged.
 - ``audio``: audio-start, audio-chunks, audio-stop only.
 
+With ``kws.federated.enabled`` the satellite collects as ``gate-node run`` does (gate.node's
+``FederatedCollection``): with ``--broker`` to a broker the cloud listens on, windows labelled by the
+cloud's verdicts and background windows; without one (or with the embedded broker) nobody sends verdicts
+(a Wyoming server answers with transcripts), so it keeps background windows only and says so once.
+
 Audio is 16 kHz mono 16-bit, the segment as the segmenter cut it (pre-roll, wake word, command).
 The bytes are built and charged to the ledger's radio stage on the cascade's thread when the
 segment is cut (TCP/IPv4 headers included, as for MQTT); a worker thread sends them, so a slow or
@@ -242,14 +247,14 @@ def _describe(answer: dict) -> str:
 
 def run_satellite(settings: GateSettings, *, uri: str, mode: str, config_path: str | None, language: str | None = None,
                   answer_wait_s: float = 5.0, input_file: str | None = None, realtime: bool = True,
-                  broker: str | None = None) -> int:
-    """The live node (microphone, or ``input_file`` fed as if it were one) with a Wyoming uplink."""
+                  broker: str | None = None, source: Any | None = None) -> int:
+    """The live node (microphone, or ``input_file`` fed as if it were one, or ``source``) with a Wyoming uplink."""
     from contextlib import ExitStack
 
     from gate.cascade import Cascade
     from gate.config import load_settings
     from gate.energy import ANALOG_GATE, EnergyLedger
-    from gate.node import Node, PacedSource, open_transport
+    from gate.node import FederatedCollection, Node, PacedSource, open_transport
     from gate.wyoming.listener import wake_word_of
     from gate_core.wire import new_id
 
@@ -265,17 +270,20 @@ def run_satellite(settings: GateSettings, *, uri: str, mode: str, config_path: s
         cascade = Cascade.from_config(settings, ledger=ledger, publisher=transport, boot_id=boot_id,
                                       wall_clock=time.time, on_segment=uplink.send)
         n = settings.node
-        if input_file is not None:
+        if source is None and input_file is not None:
             source = PacedSource.from_file(input_file, block_ms=n.blocksize_ms, realtime=realtime,
                                            sample_rate=settings.audio.sample_rate)
-        else:
+        elif source is None:
             from sensors.microphone import Microphone
 
             source = Microphone(device=n.device, channels=n.channels, samplerate=n.samplerate,
                                 blocksize_ms=n.blocksize_ms, queue_s=n.queue_s, target_rate=settings.audio.sample_rate)
             source.start()
+        # Verdicts come only from a cloud worker behind a real broker (not the embedded one).
+        labels = transport is not None and broker != "embedded"
         node = Node(settings=settings, cascade=cascade, source=source, transport=transport, config_path=config_path,
-                    load=load_settings)
+                    load=load_settings,
+                    federated=FederatedCollection.from_settings(settings, cascade.kws, labels=labels))
         if threading.current_thread() is threading.main_thread():
             node.install_signal_handlers()
         log.info("satellite: segments go to %s as %s%s", uri, mode, f" and over MQTT to {broker}" if broker else "")

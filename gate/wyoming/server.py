@@ -307,6 +307,9 @@ async def serve(settings: GateSettings, uri: str, *, stop: asyncio.Event | None 
             raise GateError(f"cannot listen on {uri}: {exc.strerror or exc}", code="wyoming_listen") from None
         log.info("wyoming wake-word service on %s: %r (%s), ready in %.2f s", uri, service.wake.name,
                  service.wake.phrase, time.perf_counter() - t0)
+        if settings.kws.federated.enabled:
+            log.warning("kws.federated: the wake-word service keeps no feature store (its clients' streams get no "
+                        "cloud verdicts); gate-node run and gate-node wyoming --satellite-uri collect")
         stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
