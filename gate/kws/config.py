@@ -70,8 +70,8 @@ class FederatedConfig(Strict):
         CAPACITY, ge=1, description="Windows kept, oldest overwritten (a 100 x 40 window is 4000 bytes)")
     background_share: float = Field(
         BACKGROUND_SHARE, ge=0.0, lt=1.0,
-        description="Share of the capacity kept for background windows (low-scoring ones, sampled by the simulated "
-                    "fleet; gate-node does not sample them yet); the labelled windows get the rest")
+        description="Share of the capacity kept for background windows (scored low, no fire near them, at most "
+                    "one per 6 s of audio); the labelled windows get the rest")
 
     @model_validator(mode="after")
     def _room_for_labels(self) -> FederatedConfig:
