@@ -228,13 +228,36 @@ def test_bad_crossbar_settings_name_the_field(tmp_path, net_file):
         AnalogConfig(decision={"rule": "crossbar", "crossbar": {"adc_bits": 40}})
 
 
+def test_training_labels_weigh_negatives_under_tv_and_music():
+    from sensors.analog import train_crossbar as tc
+    from sensors.scenario import Label
+
+    def lab(a, b, label, kind):
+        return Label(a, b, label, kind, "", None, int(a * 16000), int(b * 16000))
+
+    labels = [lab(0.0, 20.0, "speech", "tv"), lab(30.0, 40.0, "noise", "music"), lab(5.0, 5.9, "wake", "wake"),
+              lab(10.0, 10.8, "confusable", "confusable"), lab(50.0, 51.0, "speech", "speech")]
+    y, w = tc.tick_labels(labels, 6000, TICK_S)
+    at = lambda t: int(round(t / TICK_S)) - 1  # noqa: E731
+    assert w[at(2.0)] == w[at(35.0)] == tc.AMBIENT_WEIGHT > 1.0      # TV speech, music: heavier negatives
+    assert y[at(2.0)] == 0.0 and w[at(45.0)] == w[at(50.5)] == 1.0   # elsewhere, speech included: weight 1
+    assert y[at(5.6)] == 1.0 and w[at(5.6)] == 1.0                   # a wake word over the TV stays positive
+    assert w[at(4.9)] == 0.0 and w[at(6.3)] == 0.0                   # ... with its unscored margins
+    assert w[at(10.4)] == tc.CONFUSABLE_WEIGHT                       # a confusable phrase keeps its weight
+
+
 def test_shipped_network_and_card():
+    from sensors.analog.train_crossbar import EVAL_SCENES
+
     net = CrossbarNet.load(DEFAULT_MODEL)
     card, record = cards.read_runtime(DEFAULT_MODEL), cards.read_record(DEFAULT_MODEL)
     assert card["threshold"] == pytest.approx(net.threshold)
     assert card["inputs"]["taps_ticks"] == list(net.taps) and card["inputs"]["channels"] == net.n_channels
     assert record["macs_per_tick"] == net.macs_per_tick
     assert set(record["training"]["engines"]) <= {"espeak", "pico", "rhvoice"}
+    trained_on = record["training"]["train_scenes"]
+    assert not [t for t in trained_on for r, s in EVAL_SCENES if t.startswith(f"{r} seed {s},")]
+    assert card["layers"] == [list(w.shape) for w, _, _ in net.layers]
     assert DEFAULT_MODEL.stat().st_size < 64_000
     fe = AnalogFrontEnd(config=AnalogConfig(decision={"rule": "crossbar"}))
     assert isinstance(fe.crossbar, CrossbarDecision)

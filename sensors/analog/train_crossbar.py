@@ -3,13 +3,16 @@
     python -m sensors.analog.train_crossbar --out gate/models/crossbar_gate.npz --cache-dir out/cache/crossbar
 
 1. Scenes: the three evaluation recipes (office babble, noisy kitchen, quiet home) rendered with the
-   training TTS engines only (espeak-ng, pico, RHVoice) at seeds no evaluation uses, cached.
+   training TTS engines only (espeak-ng, pico, RHVoice) at seeds no evaluation uses, cached; the
+   noisy kitchen at four more seeds, for more TV speech and music among the negatives.
 2. Inputs: the analog front end (default settings, one board seed per scene) gives each tick's
    envelope level above its adaptive floor; the crossbar's feature path (RC, DAC scaling, delay
    line) turns that into the network's input rows, exactly as the streaming decision does.
 3. Labels: a tick is keyword-like from ``POS_FROM_S`` after a wake word starts until ``POS_TO_S``
    after it ends (the decision may come late in the word: the analog store's pre-roll covers its
-   start); ticks around that window are not scored; confusable phrases are down-weighted negatives.
+   start); ticks around that window are not scored; confusable phrases are down-weighted negatives,
+   and negatives while a TV or music plays weigh ``AMBIENT_WEIGHT`` times more (TV speech is what
+   the network fires on in the kitchen).
 4. Hardware-aware training (numpy, Adam): every step perturbs the weights with the errors a PCM
    chip makes (additive programming noise scaled to each layer's largest weight, a per-device
    multiplicative spread like that of uncompensated drift exponents) and quantises the inputs as
@@ -40,7 +43,8 @@ log = logging.getLogger(__name__)
 RECIPES = Path(__file__).resolve().parents[2] / "datasets" / "recipes"
 ENGINES = ["espeak", "pico", "rhvoice"]  # the training engines; no other speaker is ever rendered here
 TRAIN_SCENES = (("office_babble", 7101), ("noisy_kitchen", 7102), ("quiet_home", 7103),
-                ("office_babble", 7201), ("noisy_kitchen", 7202), ("quiet_home", 7203))
+                ("office_babble", 7201), ("noisy_kitchen", 7202), ("quiet_home", 7203),
+                ("noisy_kitchen", 7302), ("noisy_kitchen", 7402), ("noisy_kitchen", 7502), ("noisy_kitchen", 7602))
 EVAL_SCENES = (("office_babble", 303), ("noisy_kitchen", 202), ("quiet_home", 101))
 SCENE_S = 1800.0
 TAPS = tuple(range(0, 81, 5))          # 17 taps over 0.8 s
@@ -49,6 +53,7 @@ FULL_SCALE_DB = 40.0
 POS_FROM_S, POS_TO_S = 0.45, 0.25      # keyword-like ticks: [start + from, end + to]
 IGNORE_BEFORE_S, IGNORE_AFTER_S = 0.3, 0.6
 CONFUSABLE_WEIGHT = 0.3
+AMBIENT_KINDS, AMBIENT_WEIGHT = ("tv", "music"), 10.0  # negatives while these ambient sounds play
 NEG_STRIDE = 3                         # keep every third negative tick (neighbours are nearly equal)
 PASS_OPEN_BY_S = 1.0                   # a wake word passes if the gate opens by start + this (the pre-roll)
 PASS_OPEN_AT_END_S = 0.1               # ... and is open at end + this (where the spotter fires)
@@ -101,6 +106,9 @@ def tick_labels(labels: list, n_ticks: int, tick_s: float) -> tuple[np.ndarray, 
     t = (np.arange(n_ticks) + 1) * tick_s
     y = np.zeros(n_ticks, np.float32)
     w = np.ones(n_ticks, np.float32)
+    for lab in labels:
+        if getattr(lab, "kind", "") in AMBIENT_KINDS:
+            w[(t >= lab.start_s) & (t <= lab.end_s)] = AMBIENT_WEIGHT
     for lab in labels:
         if lab.label == "confusable":
             w[(t >= lab.start_s) & (t <= lab.end_s + POS_TO_S)] = CONFUSABLE_WEIGHT
@@ -255,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="network file to write (.npz); the card goes next to it")
     ap.add_argument("--cache-dir", type=Path, required=True, help="scene renders and front-end levels (not the repo)")
-    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--recall", type=float, default=None,
                     help="training wake words the gate must pass (default: as many as the comparator gate passes)")
@@ -295,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             "layers": [list(lw.shape) for lw, _, _ in net.layers], "macs_per_tick": net.macs_per_tick,
             "threshold": threshold, "training": {**meta, "rows": int(y.size), "keyword_like_rows": int(y.sum()),
                                                  "labels": {"positive_s": [POS_FROM_S, POS_TO_S],
-                                                            "confusable_weight": CONFUSABLE_WEIGHT},
+                                                            "confusable_weight": CONFUSABLE_WEIGHT,
+                                                            "ambient_weight": {k: AMBIENT_WEIGHT
+                                                                               for k in AMBIENT_KINDS}},
                                                  "hardware_noise": {"additive_sd_of_max": 0.04,
                                                                     "multiplicative_sd": 0.1, "dac_bits": 8},
                                                  "wall_s": round(time.monotonic() - t0, 1)},
