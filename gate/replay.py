@@ -201,8 +201,8 @@ def replay_file(path: Path, *, settings: GateSettings, kws: Any | None, publishe
     source = AudioFileSource(path, target_rate=settings.audio.sample_rate)
     if source.info.sample_rate < NARROWBAND_HZ:
         log.warning("%s: %d Hz audio is narrowband (nothing above %d Hz); models trained on %d Hz speech "
-                    "miss most wake words in it unless trained with augment.channel_prob", path, source.info.sample_rate,
-                    source.info.sample_rate // 2, settings.audio.sample_rate)
+                    "miss most wake words in it unless trained with augment.channel_prob", path,
+                    source.info.sample_rate, source.info.sample_rate // 2, settings.audio.sample_rate)
     ledger = EnergyLedger(always_on=(ANALOG_GATE,))
     if publisher is None:
         publisher = EstimatedRadio(ledger=ledger, mqtt=settings.mqtt, link=kws is not None)
