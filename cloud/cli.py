@@ -53,6 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--mu", type=number(lo=0, hi=10), default=0.01, help="FedProx proximal weight (0 = FedAvg)")
     f.add_argument("--layers", choices=["pw+fc", "fc"], default="pw+fc",
                    help="what the nodes train: the last pointwise convolution and the classifier, or the classifier")
+    f.add_argument("--seed", type=int, default=None,
+                   help="the fleet's seed: its nodes' rooms, speakers, rates, pitches, utterances and scenes "
+                        "(default: the recipe's)")
+    f.add_argument("--epochs", type=number(lo=1, hi=1000, integer=True), default=None,
+                   help="local epochs per round (default 12)")
+    f.add_argument("--lr", type=number(lo=0, lo_open=True, hi=1), default=None,
+                   help="local Adam learning rate (default 2e-3)")
+    f.add_argument("--positive-share", type=number(lo=0, lo_open=True, hi=0.99), default=None,
+                   help="the positives' share of the local loss, below 1 (default 0.5)")
+    f.add_argument("--hard-negative-repeat", type=number(lo=1, hi=100, integer=True), default=None,
+                   help="each labelled negative is seen this many times an epoch, a background window once (default 1)")
+    f.add_argument("--label-threshold", type=number(lo=0, hi=1), default=None,
+                   help="also upload candidates above this posterior for the verifier to label (default 0.8; "
+                        "1 = the node's own detections only)")
+    f.add_argument("--keep-threshold", action="store_true",
+                   help="score the candidate at the base model's threshold instead of the one its dev scenes choose")
     f.add_argument("--collect-minutes", type=number(lo=0, lo_open=True, hi=240), default=None,
                    help="each node's collection scene length (default 10)")
     f.add_argument("--heldout-minutes", type=number(lo=0, lo_open=True, hi=240), default=None,
@@ -186,18 +202,26 @@ def _signed_release(args: argparse.Namespace):
     return release
 
 
-def _federate(args: argparse.Namespace) -> int:
+def federate_sizes(args: argparse.Namespace):
+    """The fleet's sizes and training settings: the defaults (cloud.federated.fleet.Sizes) with what the
+    federate subcommand was given."""
     from dataclasses import replace
 
-    from cloud.federated.fleet import Sizes, federate
+    from cloud.federated.fleet import Sizes
+
+    given = {k: getattr(args, k) for k in ("collect_minutes", "heldout_minutes", "epochs", "lr", "positive_share",
+                                           "hard_negative_repeat", "label_threshold")}
+    sizes = replace(Sizes(), **{k: v for k, v in given.items() if v is not None})
+    return replace(sizes, threshold_steps=(1.0,)) if args.keep_threshold else sizes
+
+
+def _federate(args: argparse.Namespace) -> int:
+    from cloud.federated.fleet import federate
     from cloud.train.recipe import load_recipe
 
-    sizes = Sizes()
-    if args.collect_minutes is not None:
-        sizes = replace(sizes, collect_minutes=args.collect_minutes)
-    if args.heldout_minutes is not None:
-        sizes = replace(sizes, heldout_minutes=args.heldout_minutes)
+    sizes = federate_sizes(args)
     report = federate(load_recipe(args.recipe), args.out, nodes=args.nodes, rounds=args.rounds, mu=args.mu,
+                      seed=args.seed,
                       trainable=args.layers, sizes=sizes, cache_dir=args.cache_dir or Path("out/cache/federated"),
                       release=_signed_release(args) if args.key else None)
     print(json.dumps({"overall": report["overall"], "release_gate": report["release_gate"],

@@ -106,6 +106,30 @@ def test_release_only_when_no_worse(tmp_path):
     assert json.loads((tmp_path / "release" / "kws_logmel.json").read_text()) == {"phrase": "x"}
 
 
+def test_federate_options_seed_and_training_settings(tmp_path):
+    from cloud.cli import build_parser, federate_sizes
+    from cloud.federated.fleet import Sizes, node_specs
+    from gate_core.cliutil import parse
+
+    p = build_parser()
+    a = p.parse_args(["federate", "--out", str(tmp_path), "--nodes", "6", "--rounds", "3"])
+    assert a.seed is None and federate_sizes(a) == Sizes()
+    assert Sizes().positive_share == 0.5 and Sizes().threshold_steps == (1.0, 0.7, 0.5)
+    a = p.parse_args(["federate", "--out", str(tmp_path), "--seed", "7", "--epochs", "20", "--lr", "0.001",
+                      "--positive-share", "0.3", "--hard-negative-repeat", "3", "--label-threshold", "1",
+                      "--keep-threshold"])
+    s = federate_sizes(a)
+    assert a.seed == 7 and (s.epochs, s.lr, s.positive_share, s.label_threshold) == (20, 0.001, 0.3, 1.0)
+    assert s.hard_negative_repeat == 3
+    assert s.threshold_steps == (1.0,)
+    for bad in (["--positive-share", "1"], ["--positive-share", "0"], ["--epochs", "0"], ["--seed", "x"],
+                ["--hard-negative-repeat", "0"]):
+        assert parse(p, ["federate", "--out", str(tmp_path), *bad]) == 2, bad
+    # Another seed is another fleet (rooms, rates, pitches); the same seed the same one.
+    voices = ["espeak:en-gb-x-gbcwmd", "mbrola:mb-us3", "mbrola:mb-de5-en", "pico:en-GB"]
+    assert node_specs(6, voices, 7) == node_specs(6, voices, 7) != node_specs(6, voices, 1234)
+
+
 def test_on_node_training_energy_is_priced_with_the_pi4_profiles_core_figure(tmp_path):
     from cloud.federated.fleet import core_watts
     from gate_core.errors import ProfileError
@@ -143,6 +167,14 @@ def test_small_flower_run_improves_own_speakers(tmp_path):
     assert sum(r["after"]["false_accepts"] for r in rows) <= sum(r["before"]["false_accepts"] for r in rows) + 1
     assert rows[0]["update_bytes_per_round"] == (80 * 80 + 80 + 80 + 1) * 4
     assert (tmp_path / "fed" / "federated.json").is_file()
+    # The candidate's threshold is the dev scenes' choice: the base model's or above it, one of those tried,
+    # and where it is above, the candidate misses no more dev wake words there than the base model does.
+    gate, t = rep["release_gate"], rep["candidate_threshold"]
+    assert t >= rep["threshold"] and str(t) in gate["thresholds_tried"]
+    if t > rep["threshold"]:
+        missed = {k: gate[k]["keywords"] - gate[k]["hits"] for k in ("base", "candidate")}
+        assert missed["candidate"] <= missed["base"], missed
+        assert all(f"after_at_{rep['threshold']:g}" in r for r in rows)
 
 
 def test_collector_holds_windows_of_published_segments_until_the_verdict(tmp_path):

@@ -6,9 +6,11 @@ replays a collection scene through its KWS stage; every fire becomes the segment
 (pre-roll, phrase, command window) and the cloud verifier's verdict on it labels the windows around the
 fire in the node's feature store (gate.fedstore); background windows the model scores low join them.
 Then the Flower rounds run (cloud.federated.flower), the server requantizes the head into a new int8
-model, scores it against the base model on dev scenes of training voices, and releases it only when it
-is no worse there. Before/after figures come from each node's held-out scene (same speakers and room,
-other utterances) at the base model's tuned threshold, with gate.metrics' detection rule.
+model, scores it against the base model on dev scenes of training voices (which also choose the
+candidate's threshold, dev_threshold), and releases it only when it is no worse there. Before/after
+figures come from each node's held-out scene (same speakers and room, other utterances): the base model
+at its tuned threshold, the candidate at the one the dev scenes chose (and at the base one), with
+gate.metrics' detection rule.
 
 Speech: espeak-ng, mbrola through it and pico2wave only (the recipe's engines), cached under
 ``cache_dir`` (cloud.train.data.cached_renders).
@@ -62,6 +64,16 @@ class Sizes:
     # threshold, so they wake nothing): the verifier's verdicts on them label its near misses and near false
     # accepts, the windows a fine-tune learns most from. More uploads, counted in the report.
     label_threshold: float = 0.8
+    # The positives' share of the local loss (a node stores about eight negatives per positive). At a quarter
+    # a false accept cost more than a miss; at a half the head gains more margin on its own speakers' wake
+    # words, and the threshold the dev scenes choose (threshold_steps) takes back the false accepts.
+    positive_share: float = 0.5
+    # Each labelled negative (rejected segments, command windows, the cut-short phrase) is seen this many
+    # times an epoch, against once for a background window.
+    hard_negative_repeat: int = 1
+    # The candidate's threshold is picked on the dev scenes among 1 - (1 - t) * f, t the base model's
+    # (fleet.dev_threshold); (1.0,) keeps t.
+    threshold_steps: tuple[float, ...] = (1.0, 0.7, 0.5)
 
 
 @dataclass(frozen=True)
@@ -105,15 +117,18 @@ def _voices_by_id(recipe: Recipe) -> tuple[dict, list, list]:
     return {v.id: v for v in eval_v}, train_v, list(es.variants)
 
 
-def node_renders(recipe: Recipe, specs: list[NodeSpec], sizes: Sizes, cache: Path, workers: int) -> list[list]:
-    """Every node's utterances (one synthesis, cached): positives, speech, confusables, commands."""
+def node_renders(recipe: Recipe, specs: list[NodeSpec], sizes: Sizes, cache: Path, workers: int,
+                 seed: int | None = None) -> list[list]:
+    """Every node's utterances (one synthesis, cached): positives, speech, confusables, commands, drawn
+    from the fleet's ``seed`` (default the recipe's)."""
+    seed = recipe.seed if seed is None else seed
     by_id, _, _ = _voices_by_id(recipe)
     items, owner = [], []
     for s in specs:
         vs = [by_id[v] for v in s.voices if v in by_id]
         if not vs:
             raise ValueError(f"node {s.index}: none of {s.voices} is installed")
-        part = corpus.plan(recipe.phrase, voices=vs, variants=[], rng=step_rng(recipe.seed, f"fed-node{s.index}"),
+        part = corpus.plan(recipe.phrase, voices=vs, variants=[], rng=step_rng(seed, f"fed-node{s.index}"),
                            n_pos=sizes.positives, n_conf=sizes.confusables, n_speech=sizes.speech,
                            n_cmd=sizes.commands, rate=s.rate, pitch=s.pitch)
         items += part
@@ -153,14 +168,17 @@ def _scene(room: str, rs: list, minutes: float, sizes: Sizes, rng, jitter: float
                         confusables_per_hour=sizes.confusables_per_hour, level_jitter_db=jitter)
 
 
-def node_scenes(recipe: Recipe, spec: NodeSpec, rs: list, sizes: Sizes) -> tuple[scenes.Scene, scenes.Scene]:
-    """(collection scene, held-out scene): same speakers and room, different utterances."""
+def node_scenes(recipe: Recipe, spec: NodeSpec, rs: list, sizes: Sizes,
+                seed: int | None = None) -> tuple[scenes.Scene, scenes.Scene]:
+    """(collection scene, held-out scene): same speakers and room, different utterances; placed from the
+    fleet's ``seed`` (default the recipe's)."""
+    seed = recipe.seed if seed is None else seed
     a, b = [], []
     for kinds in (("positive",), ("speech",), ("confusable",), ("command",)):
         x, y = _halves(rs, kinds)
         a += x
         b += y
-    rng_c, rng_h = step_rng(recipe.seed, f"fed-collect{spec.index}"), step_rng(recipe.seed, f"fed-heldout{spec.index}")
+    rng_c, rng_h = step_rng(seed, f"fed-collect{spec.index}"), step_rng(seed, f"fed-heldout{spec.index}")
     return (_scene(spec.room, a, sizes.collect_minutes, sizes, rng_c, spec.level_jitter_db),
             _scene(spec.room, b, sizes.heldout_minutes, sizes, rng_h, spec.level_jitter_db))
 
@@ -219,10 +237,11 @@ def score_scene(cfg: KwsConfig, scene: scenes.Scene) -> metrics.Score:
     return scene_scores(cfg, scene)[0]
 
 
-def scene_scores(cfg: KwsConfig, scene: scenes.Scene) -> tuple[metrics.Score, float]:
+def scene_scores(cfg: KwsConfig, scene: scenes.Scene, scored: list | None = None) -> tuple[metrics.Score, float]:
     """The detection score at ``cfg``'s threshold, and the mean over wake words of the highest posterior
-    inside each one's detection window (how sure the model is of the node's own speakers, threshold aside)."""
-    scored = posteriors(cfg, scene)
+    inside each one's detection window (how sure the model is of the node's own speakers, threshold aside).
+    ``scored``: the model's posteriors over the scene when already computed."""
+    scored = posteriors(cfg, scene) if scored is None else scored
     t = np.array([s.t_s for s in scored])
     p = np.array([s.posterior for s in scored])
     peaks = [float(p[(t >= w.lo) & (t <= w.hi)].max(initial=0.0)) for w in metrics.span_windows(scene.keywords)]
@@ -230,9 +249,56 @@ def scene_scores(cfg: KwsConfig, scene: scenes.Scene) -> tuple[metrics.Score, fl
             float(np.mean(peaks)) if peaks else 0.0)
 
 
+def dev_threshold(cfg: KwsConfig, dev: list[scenes.Scene], base: metrics.Score,
+                  steps: tuple[float, ...]) -> tuple[float, dict[float, metrics.Score]]:
+    """The candidate's threshold, chosen on the dev scenes: of ``1 - (1 - t) * f`` for each ``f`` in
+    ``steps`` and 1 (``t`` the base model's threshold; f = 1 is t itself), the highest at which the candidate
+    misses no more dev wake words than the base model does at ``t``, else ``t``. A fine-tune that pushes
+    every posterior up, its own speakers' confusables with them, buys back false accepts with the margin it
+    gained. Returns it and the candidate's dev score at every threshold tried."""
+    t = float(cfg.threshold)
+    scored = [posteriors(cfg, s) for s in dev]
+    tried: dict[float, metrics.Score] = {}
+    for f in dict.fromkeys((1.0, *steps)):
+        th = round(1 - (1 - t) * f, 6)
+        c = cfg.model_copy(update={"threshold": th})
+        tried[th] = metrics.combine(metrics.span_score(detect(c, sc), s.keywords, s.hours)
+                                    for sc, s in zip(scored, dev, strict=True))
+    ok = [th for th, sc in tried.items() if sc.keywords - sc.hits <= base.keywords - base.hits]
+    return (max(ok) if ok else round(t, 6)), tried
+
+
 def no_worse(base: metrics.Score, new: metrics.Score) -> bool:
     """The release gate: no more misses and no more false accepts than the base model on the same scenes."""
     return (new.keywords - new.hits) <= (base.keywords - base.hits) and new.false_accepts <= base.false_accepts
+
+
+def collect_fleet(recipe: Recipe, fleet: Path, specs: list[NodeSpec], per: list[list], sizes: Sizes,
+                  base_cfg: KwsConfig, seed: int) -> tuple[list[dict], list[scenes.Scene]]:
+    """Every node's store filled from its collection scene (emptied first), and its held-out scene scored
+    with the base model. Returns (one row per node, the held-out scenes)."""
+    from cloud.verifier import Verifier
+
+    verifier = Verifier(threshold=recipe.evaluation.verifier_threshold)
+    rows, heldout = [], []
+    for spec, rs in zip(specs, per, strict=True):
+        root = flower.node_dir(fleet, spec.index)
+        if (root / "store").exists():
+            for f in (root / "store").iterdir():
+                f.unlink()
+        col, held = node_scenes(recipe, spec, rs, sizes, seed)
+        got = collect(root, col, base_cfg, verifier, seed=seed + spec.index, label_threshold=sizes.label_threshold)
+        heldout.append(held)
+        rows.append({"node": spec.index, "voices": list(spec.voices), "room": spec.room,
+                     "rate_wpm": list(spec.rate), "pitch": list(spec.pitch),
+                     "collected": got, **_scored("before", base_cfg, held)})
+    return rows, heldout
+
+
+def dev_scenes(recipe: Recipe, sizes: Sizes, cache: Path, workers: int, seed: int) -> list[scenes.Scene]:
+    """The release gate's scenes: training voices in each room."""
+    dev_r = dev_renders(recipe, sizes, cache, workers)
+    return [_scene(room, dev_r, sizes.dev_minutes, sizes, step_rng(seed, f"fed-dev{room}"), 0.0) for room in ROOMS]
 
 
 def federate(recipe: Recipe, out: Path, *, nodes: int, rounds: int, mu: float = 0.01, trainable: str = "pw+fc",
@@ -240,7 +306,6 @@ def federate(recipe: Recipe, out: Path, *, nodes: int, rounds: int, mu: float = 
              seed: int | None = None, release=None) -> dict:
     """The whole run; writes ``out/federated.json`` (and the released model when it passes) and returns it."""
     from cloud.federated.quantize import with_head
-    from cloud.verifier import Verifier
     from gate.kws.stage import default_model_path, tuned_threshold
 
     t_start = time.time()
@@ -252,45 +317,48 @@ def federate(recipe: Recipe, out: Path, *, nodes: int, rounds: int, mu: float = 
     base_cfg = KwsConfig(model_path=str(base_model), feature_kind="logmel", threshold=threshold)
     workers = recipe.corpus.workers
     specs = node_specs(nodes, list(recipe.corpus.eval_voices), seed)
-    per = node_renders(recipe, specs, sizes, cache, workers)
+    per = node_renders(recipe, specs, sizes, cache, workers, seed)
     fleet = out / "fleet"
-    verifier = Verifier(threshold=recipe.evaluation.verifier_threshold)
-    report: dict = {"nodes": nodes, "rounds": rounds, "strategy": "FedProx" if mu > 0 else "FedAvg",
+    report: dict = {"seed": seed, "nodes": nodes, "rounds": rounds, "strategy": "FedProx" if mu > 0 else "FedAvg",
                     "proximal_mu": mu, "trainable": trainable, "threshold": threshold, "base_model": str(base_model),
-                    "sizes": asdict(sizes), "per_node": []}
-    heldout = []
+                    "sizes": asdict(sizes)}
     t0 = time.time()
-    for spec, rs in zip(specs, per, strict=True):
-        root = flower.node_dir(fleet, spec.index)
-        if (root / "store").exists():
-            for f in (root / "store").iterdir():
-                f.unlink()
-        col, held = node_scenes(recipe, spec, rs, sizes)
-        got = collect(root, col, base_cfg, verifier, seed=seed + spec.index, label_threshold=sizes.label_threshold)
-        heldout.append(held)
-        report["per_node"].append({"node": spec.index, "voices": list(spec.voices), "room": spec.room,
-                                   "rate_wpm": list(spec.rate), "pitch": list(spec.pitch),
-                                   "collected": got, **_scored("before", base_cfg, held)})
+    report["per_node"], heldout = collect_fleet(recipe, fleet, specs, per, sizes, base_cfg, seed)
     report["collect_s"] = round(time.time() - t0, 1)
 
     t0 = time.time()
     result = flower.run(fleet_dir=fleet, base_model=base_model, nodes=nodes, rounds=rounds, mu=mu,
-                        epochs=sizes.epochs, lr=sizes.lr, trainable=trainable, seed=seed)
+                        epochs=sizes.epochs, lr=sizes.lr, trainable=trainable, seed=seed,
+                        positive_share=sizes.positive_share, hard_negative_repeat=sizes.hard_negative_repeat)
     report["flower_s"] = round(time.time() - t0, 1)
     new_bytes = with_head(base_model.read_bytes(), result["head"])
     candidate = out / "candidate" / "kws_logmel.tflite"
     candidate.parent.mkdir(parents=True, exist_ok=True)
     candidate.write_bytes(new_bytes)
+    # The release gate: dev scenes of training voices, base against candidate; the candidate's threshold is
+    # chosen there (its own speakers' held-out scenes play no part in it).
+    t0 = time.time()
+    dev = dev_scenes(recipe, sizes, cache, workers, seed)
+    new_cfg = base_cfg.model_copy(update={"model_path": str(candidate)})
+    b = metrics.combine(score_scene(base_cfg, s) for s in dev)
+    new_threshold, tried = dev_threshold(new_cfg, dev, b, sizes.threshold_steps)
+    new_cfg = new_cfg.model_copy(update={"threshold": new_threshold})
+    n = tried[new_threshold]
+    passed = no_worse(b, n)
+    report["release_gate"] = {"dev_scenes": list(ROOMS), "dev_minutes_each": sizes.dev_minutes,
+                              "base": b.as_dict(), "candidate": n.as_dict(), "candidate_threshold": new_threshold,
+                              "thresholds_tried": {str(t): s.as_dict() for t, s in tried.items()}, "released": passed}
+    report["gate_s"] = round(time.time() - t0, 1)
+    report["candidate_threshold"] = new_threshold
     card = json.loads(base_model.with_suffix(".json").read_text())
     card.update({"federated": {"base_sha256": _sha(base_model.read_bytes()), "nodes": nodes, "rounds": rounds,
                                "strategy": report["strategy"], "trainable": trainable},
-                 "detector": {"threshold": threshold}})
+                 "detector": {"threshold": new_threshold}})
     candidate.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    new_cfg = base_cfg.model_copy(update={"model_path": str(candidate)})
 
-    # Per node after, on its own held-out scene, at the same threshold.
+    # Per node after, on its own held-out scene, at the candidate's threshold.
     for row, held in zip(report["per_node"], heldout, strict=True):
-        row.update(_scored("after", new_cfg, held))
+        row.update(_scored("after", new_cfg, held, also_at=threshold))
     report["rounds_detail"] = _rounds(result["rounds"])
     core_w = core_watts("pi4")
     for row in report["per_node"]:
@@ -300,26 +368,22 @@ def federate(recipe: Recipe, out: Path, *, nodes: int, rounds: int, mu: float = 
         row["train_cpu_s"] = round(cpu, 3)
         row["train_j_pi4"] = round(cpu * core_w, 3)
     report["overall"] = _overall(report["per_node"])
-
-    # The release gate: dev scenes of training voices, base against candidate.
-    t0 = time.time()
-    dev_r = dev_renders(recipe, sizes, cache, workers)
-    dev = [_scene(room, dev_r, sizes.dev_minutes, sizes, step_rng(seed, f"fed-dev{room}"), 0.0) for room in ROOMS]
-    b = metrics.combine(score_scene(base_cfg, s) for s in dev)
-    n = metrics.combine(score_scene(new_cfg, s) for s in dev)
-    passed = no_worse(b, n)
-    report["release_gate"] = {"dev_scenes": list(ROOMS), "dev_minutes_each": sizes.dev_minutes,
-                              "base": b.as_dict(), "candidate": n.as_dict(), "released": passed}
     report["release"] = release_model(out, new_bytes, card, passed, release)
-    report["gate_s"] = round(time.time() - t0, 1)
     report["total_s"] = round(time.time() - t_start, 1)
     flower.write_json(out / "federated.json", report)
     return report
 
 
-def _scored(key: str, cfg: KwsConfig, scene: scenes.Scene) -> dict:
-    score, peak = scene_scores(cfg, scene)
-    return {key: {**score.as_dict(), "keyword_peak_mean": round(peak, 4)}}
+def _scored(key: str, cfg: KwsConfig, scene: scenes.Scene, also_at: float | None = None) -> dict:
+    """``{key: score}``; with ``also_at`` (another threshold) also ``{key_at_<t>: score}`` from the same
+    posteriors."""
+    scored = posteriors(cfg, scene)
+    out = {}
+    for k, c in ((key, cfg),) + (((f"{key}_at_{also_at:g}", cfg.model_copy(update={"threshold": also_at})),)
+                                 if also_at is not None and also_at != cfg.threshold else ()):
+        score, peak = scene_scores(c, scene, scored)
+        out[k] = {**score.as_dict(), "keyword_peak_mean": round(peak, 4)}
+    return out
 
 
 def release_model(out: Path, model: bytes, card: dict, passed: bool, release=None) -> dict:
@@ -359,11 +423,13 @@ def _overall(rows: list[dict]) -> dict:
                 "false_accepts": fa, "fa_per_hour": round(fa / hours, 3) if hours else 0.0}
 
     before, after = tot("before"), tot("after")
+    # The candidate at the base model's threshold too, when the dev scenes chose another.
+    also = {k: tot(k) for k in (rows[0] if rows else {}) if k.startswith("after_at_")}
     worse = [r["node"] for r in rows if (r["after"]["keywords"] - r["after"]["hits"]) > (r["before"]["keywords"] -
              r["before"]["hits"]) or r["after"]["false_accepts"] > r["before"]["false_accepts"]]
     audio = sum(r["collected"]["segment_audio_bytes"] for r in rows)
     upd = [r["update_bytes_per_round"] for r in rows]
-    return {"before": before, "after": after,
+    return {"before": before, "after": after, **also,
             "miss_reduction": round(1 - after["misses"] / before["misses"], 4) if before["misses"] else None,
             "nodes_worse": worse, "segment_audio_bytes_total": audio,
             "update_bytes_per_node_per_round": int(np.median(upd)) if upd else 0,

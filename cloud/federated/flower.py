@@ -19,12 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from gate.fedhead import LAYERS, extract, fine_tune, read_head
-from gate.fedstore import FeatureStore, Quant
+from gate.fedstore import NEGATIVE, FeatureStore, Quant
 
 HEAD = ("pw_w", "pw_b", "fc_w", "fc_b")
-# The positives' share of the loss: below a half, a false accept costs more than a miss (the fleet's
-# false accepts are what the release gate guards).
-POSITIVE_SHARE = 0.25
 log = logging.getLogger(__name__)
 
 
@@ -41,9 +38,10 @@ def open_store(root: Path, model: str | Path, *, capacity: int = 4000) -> Featur
 
 
 def local_round(root: Path, base_model: str | Path, global_head: dict, *, epochs: int, lr: float, mu: float,
-                trainable: str, seed: int) -> tuple[dict, dict]:
+                trainable: str, seed: int, positive_share: float, hard_negative_repeat: int = 1) -> tuple[dict, dict]:
     """What a node does in one round: its stored windows through the frozen layers (computed once, kept
-    beside the store), then the head fine-tuned from ``global_head``. Returns (update, stats)."""
+    beside the store), then the head fine-tuned from ``global_head``, each labelled negative (a verdict's,
+    not a background window) seen ``hard_negative_repeat`` times an epoch. Returns (update, stats)."""
     cpu0 = time.process_time()
     store = open_store(root, base_model)
     x, y = store.dataset()
@@ -60,8 +58,12 @@ def local_round(root: Path, base_model: str | Path, global_head: dict, *, epochs
         r, d = extract(base_model, x)
         np.savez(cache, r=r, d=d, stamp=np.array(stamp))
     _, layout = read_head(base_model)
-    new, stats = fine_tune(global_head, layout, r, d, y, epochs=epochs, lr=lr, proximal_mu=mu,
-                           trainable=trainable, seed=seed, positive_share=POSITIVE_SHARE)
+    idx = np.arange(len(y))
+    if hard_negative_repeat > 1:
+        hard = np.flatnonzero(store.y == NEGATIVE)   # the labelled windows come first in store.dataset()
+        idx = np.concatenate([idx, np.repeat(hard, hard_negative_repeat - 1)])
+    new, stats = fine_tune(global_head, layout, r[idx], d[idx], y[idx], epochs=epochs, lr=lr, proximal_mu=mu,
+                           trainable=trainable, seed=seed, positive_share=positive_share)
     update = {k: (new[k] - global_head[k]).astype(np.float32) for k in LAYERS[trainable]}
     stats.update(examples=int(len(y)), positives=int(np.sum(y == 1)), cpu_s=time.process_time() - cpu0,
                  update_bytes=int(sum(v.nbytes for v in update.values())))
@@ -86,7 +88,9 @@ def _client_app():
         update, stats = local_round(node_dir(str(cfg["fleet-dir"]), part), str(cfg["base-model"]), global_head,
                                     epochs=int(cfg["epochs"]), lr=float(cfg["lr"]),
                                     mu=float(cfg.get("proximal-mu", 0.0)), trainable=trainable,
-                                    seed=int(cfg["seed"]) * 1000 + part)
+                                    seed=int(cfg["seed"]) * 1000 + part,
+                                    positive_share=float(cfg["positive-share"]),
+                                    hard_negative_repeat=int(cfg["hard-negative-repeat"]))
         # Layers a node does not train travel as zero-size arrays: the update is only what it changed.
         out = [update[k] if k in update else np.zeros(0, np.float32) for k in HEAD]
         metrics = MetricRecord({"num-examples": stats["examples"], "partition": part, "cpu-s": float(stats["cpu_s"]),
@@ -131,7 +135,7 @@ def _strategy_class():
 
 
 def run(*, fleet_dir: Path, base_model: Path, nodes: int, rounds: int, mu: float, epochs: int, lr: float,
-        trainable: str, seed: int, evaluate_fn=None) -> dict:
+        trainable: str, seed: int, positive_share: float, hard_negative_repeat: int = 1, evaluate_fn=None) -> dict:
     """Run the rounds on Flower's simulation runtime; returns the final head and each round's replies."""
     from flwr.app import ArrayRecord, ConfigRecord, Context
     from flwr.serverapp import Grid, ServerApp
@@ -146,7 +150,8 @@ def run(*, fleet_dir: Path, base_model: Path, nodes: int, rounds: int, mu: float
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = ConfigRecord({"fleet-dir": str(fleet_dir), "base-model": str(base_model), "epochs": epochs,
-                            "lr": lr, "trainable": trainable, "seed": seed})
+                            "lr": lr, "trainable": trainable, "seed": seed,
+                            "positive-share": positive_share, "hard-negative-repeat": hard_negative_repeat})
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord([head0[k] for k in HEAD]),
                                 num_rounds=rounds, train_config=cfg, evaluate_fn=evaluate_fn)
         outcome["head"] = dict(zip(HEAD, result.arrays.to_numpy_ndarrays(), strict=True))
