@@ -249,18 +249,24 @@ def scene_scores(cfg: KwsConfig, scene: scenes.Scene, scored: list | None = None
             float(np.mean(peaks)) if peaks else 0.0)
 
 
-def dev_threshold(cfg: KwsConfig, dev: list[scenes.Scene], base: metrics.Score,
-                  steps: tuple[float, ...]) -> tuple[float, dict[float, metrics.Score]]:
+def candidate_thresholds(t: float, steps: tuple[float, ...]) -> list[float]:
+    """The thresholds the release gate may give the candidate: ``1 - (1 - t) * f`` for 1 and each ``f`` in
+    ``steps`` (``t`` the base model's threshold, first)."""
+    return [round(1 - (1 - float(t)) * f, 6) for f in dict.fromkeys((1.0, *steps))]
+
+
+def dev_threshold(cfg: KwsConfig, dev: list[scenes.Scene], base: metrics.Score, steps: tuple[float, ...],
+                  scored: list | None = None) -> tuple[float, dict[float, metrics.Score]]:
     """The candidate's threshold, chosen on the dev scenes: of ``1 - (1 - t) * f`` for each ``f`` in
     ``steps`` and 1 (``t`` the base model's threshold; f = 1 is t itself), the highest at which the candidate
     misses no more dev wake words than the base model does at ``t``, else ``t``. A fine-tune that pushes
     every posterior up, its own speakers' confusables with them, buys back false accepts with the margin it
-    gained. Returns it and the candidate's dev score at every threshold tried."""
+    gained. Returns it and the candidate's dev score at every threshold tried. ``scored``: the candidate's
+    posteriors over ``dev`` when already computed."""
     t = float(cfg.threshold)
-    scored = [posteriors(cfg, s) for s in dev]
+    scored = [posteriors(cfg, s) for s in dev] if scored is None else scored
     tried: dict[float, metrics.Score] = {}
-    for f in dict.fromkeys((1.0, *steps)):
-        th = round(1 - (1 - t) * f, 6)
+    for th in candidate_thresholds(t, steps):
         c = cfg.model_copy(update={"threshold": th})
         tried[th] = metrics.combine(metrics.span_score(detect(c, sc), s.keywords, s.hours)
                                     for sc, s in zip(scored, dev, strict=True))
@@ -378,9 +384,11 @@ def _scored(key: str, cfg: KwsConfig, scene: scenes.Scene, also_at: float | None
     """``{key: score}``; with ``also_at`` (another threshold) also ``{key_at_<t>: score}`` from the same
     posteriors."""
     scored = posteriors(cfg, scene)
+    at = {key: cfg}
+    if also_at is not None and also_at != cfg.threshold:
+        at[f"{key}_at_{also_at:g}"] = cfg.model_copy(update={"threshold": also_at})
     out = {}
-    for k, c in ((key, cfg),) + (((f"{key}_at_{also_at:g}", cfg.model_copy(update={"threshold": also_at})),)
-                                 if also_at is not None and also_at != cfg.threshold else ()):
+    for k, c in at.items():
         score, peak = scene_scores(c, scene, scored)
         out[k] = {**score.as_dict(), "keyword_peak_mean": round(peak, 4)}
     return out

@@ -29,6 +29,7 @@ import numpy as np
 from cloud.federated import flower
 from cloud.federated.fleet import (
     Sizes,
+    candidate_thresholds,
     collect_fleet,
     dev_scenes,
     dev_threshold,
@@ -60,16 +61,17 @@ def run_rounds(fleet: Path, base_model: Path, nodes: int, *, rounds: int, epochs
     return g
 
 
-def _score(cfg, heldout: list, dev: list, steps: tuple[float, ...], base: dict | None = None) -> dict:
-    """Held-out and dev figures at every threshold ``1 - (1 - t) * f`` (fleet.dev_threshold's candidates)."""
+def _score(cfg, heldout: list, dev: list, steps: tuple[float, ...], base: dict | None = None,
+           dev_p: list | None = None) -> dict:
+    """Held-out and dev figures at every threshold the release gate may choose (fleet.candidate_thresholds).
+    ``dev_p``: the model's posteriors over ``dev`` when already computed."""
     from cloud.train.evaluate import detect, posteriors
     from gate_core import metrics
 
     held_p = [posteriors(cfg, s) for s in heldout]
-    dev_p = [posteriors(cfg, s) for s in dev]
+    dev_p = [posteriors(cfg, s) for s in dev] if dev_p is None else dev_p
     out = {}
-    for f in dict.fromkeys((1.0, *steps)):
-        th = round(1 - (1 - float(cfg.threshold)) * f, 6)
+    for th in candidate_thresholds(cfg.threshold, steps):
         c = cfg.model_copy(update={"threshold": th})
         rows = [metrics.span_score(detect(c, sc), s.keywords, s.hours) for sc, s in zip(held_p, heldout, strict=True)]
         d = metrics.combine(metrics.span_score(detect(c, sc), s.keywords, s.hours)
@@ -89,6 +91,7 @@ def sweep(recipe, out: Path, *, seed: int, nodes: int, settings: list[dict], siz
           cache_dir: Path | None = None, mu: float = 0.01, layers: str = "pw+fc", rounds: int = 3) -> dict:
     """Collect the fleet of ``seed`` once, then train and score each of ``settings``; writes ``sweep.json``."""
     from cloud.federated.quantize import with_head
+    from cloud.train.evaluate import posteriors
     from gate.kws.config import KwsConfig
     from gate.kws.stage import default_model_path, tuned_threshold
     from gate_core import metrics
@@ -117,9 +120,10 @@ def sweep(recipe, out: Path, *, seed: int, nodes: int, settings: list[dict], siz
         cand = out / "candidate.tflite"
         cand.write_bytes(with_head(base_model.read_bytes(), head))
         cfg = base_cfg.model_copy(update={"model_path": str(cand)})
-        chosen, _ = dev_threshold(cfg, dev, base_dev, sizes.threshold_steps)
+        dev_p = [posteriors(cfg, s) for s in dev]  # once, for the choice and the figures
+        chosen, _ = dev_threshold(cfg, dev, base_dev, sizes.threshold_steps, dev_p)
         report["settings"].append({"setting": full, "dev_threshold": chosen,
-                                   "at": _score(cfg, heldout, dev, sizes.threshold_steps, base),
+                                   "at": _score(cfg, heldout, dev, sizes.threshold_steps, base, dev_p),
                                    "seconds": round(time.time() - t0, 1)})
         flower.write_json(out / "sweep.json", report)
     return report
